@@ -1,0 +1,61 @@
+"""gfprobe: gradient-flow diagnostics for neural network training.
+
+Importing gfprobe does not import torch: the analysis side (``gfprobe report``, ``check``)
+works from run files alone.
+"""
+
+from __future__ import annotations
+
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from gfprobe.capture.session import log
+from gfprobe.errors import GfprobeError
+from gfprobe.schedule import every
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+    import torch
+
+    from gfprobe.adapters.torch_probe import Probe
+    from gfprobe.schedule import Schedule
+
+try:
+    __version__ = version("gfprobe")
+except PackageNotFoundError:  # running from a source tree that was never installed
+    __version__ = "0+unknown"
+
+__all__ = ["GfprobeError", "__version__", "every", "log", "watch"]
+
+
+def watch(
+    model: torch.nn.Module | None,
+    optimizer: torch.optim.Optimizer | None = None,
+    out: str | Path = "run.h5",
+    every: int | Schedule = 1,
+    masks: str | Mapping[str, torch.Tensor] = "auto",
+    attrs: Mapping[str, Any] | None = None,
+) -> Probe:
+    """Record per-layer gradient statistics of ``model`` into the HDF5 file ``out``.
+
+    Args:
+        model: names the parameters (``None``: every optimizer in the process is recorded and
+            named by the modules alive at its first step).
+        optimizer: the optimizer to watch; ``None`` watches any optimizer that updates
+            parameters of ``model``.
+        out: the run file to create; an existing file is never overwritten (a ``.<pid>``
+            suffix is added instead).
+        every: record every N-th optimizer step, or a schedule callable ``step -> bool``.
+        masks: ``"auto"`` (torch prune / parametrize masks), ``"zeros"`` (weights exactly zero
+            at the first step are masked), ``"none"``, or a ``{param_name: mask}`` mapping.
+        attrs: free-form run attributes stored in the file, e.g. ``{"sparse": True}``.
+
+    Returns:
+        A :class:`~gfprobe.adapters.torch_probe.Probe`; use it as a context manager or call
+        ``close()``. Under distributed training only rank 0 records.
+    """
+    from gfprobe.adapters.torch_probe import watch as _watch
+
+    return _watch(model, optimizer, out=out, every=every, masks=masks, attrs=attrs)

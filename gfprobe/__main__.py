@@ -1,0 +1,3 @@
+from gfprobe.cli import main
+
+main(prog_name="gfprobe")

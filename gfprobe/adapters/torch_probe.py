@@ -1,0 +1,285 @@
+"""The PyTorch adapter: optimizer step hooks that feed the recorder.
+
+What is recorded is the gradient the optimizer is about to consume, read in an optimizer step
+pre-hook: after gradient accumulation, after DDP's all-reduce, after ``GradScaler`` unscaling
+and after any clipping the user applies before ``step()``. That is the gradient that moves the
+weights, so it is the one whose flow matters. Steps that ``GradScaler`` skips for inf/NaN never
+reach ``optimizer.step``; a wrapper around ``GradScaler.step`` notices and records them as
+skipped, with the (unscaled, non-finite) statistics that caused the skip.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import time
+import weakref
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.hooks import RemovableHandle
+
+from gfprobe.adapters.torch_params import TrackedParam, discover_roots, track
+from gfprobe.adapters.torch_stats import CpuStats, DeviceStats, make_stats
+from gfprobe.capture import session
+from gfprobe.capture.recorder import PendingBlock, Recorder
+from gfprobe.schedule import Schedule, as_schedule
+
+log = logging.getLogger("gfprobe")
+
+BATCH_STEPS = 256  # rows kept before a flush: one device-to-host copy per batch
+FLUSH_SECONDS = 2.0  # and never longer than this between flushes while training steps
+
+
+@dataclass
+class _Stream:
+    index: int
+    tracked: list[TrackedParam]
+    kernel: CpuStats | DeviceStats
+    step: int = 0  # optimizer step attempts so far, AMP-skipped ones included
+    rows: list[Any] = field(default_factory=list)
+    steps: list[int] = field(default_factory=list)
+    times: list[float] = field(default_factory=list)
+    skipped: list[int] = field(default_factory=list)
+    last_flush: float = field(default_factory=time.monotonic)
+
+
+class Probe:
+    """Records gradient statistics of one model's (or every) optimizer into one run file.
+
+    Create it with :func:`gfprobe.watch`. Use as a context manager or call :meth:`close`; an
+    unclosed probe closes itself when the interpreter exits.
+    """
+
+    def __init__(
+        self,
+        recorder: Recorder,
+        *,
+        every: int | Schedule = 1,
+        masks: str | Mapping[str, torch.Tensor] = "auto",
+        model: nn.Module | None = None,
+        optimizer: torch.optim.Optimizer | None = None,
+    ) -> None:
+        self._recorder = recorder
+        self._schedule = as_schedule(every)
+        self._masks = masks
+        self._model = model
+        self._optimizer = optimizer
+        self._model_params: set[int] = {id(p) for p in model.parameters()} if model is not None else set()
+        self._streams: weakref.WeakKeyDictionary[torch.optim.Optimizer, _Stream] = weakref.WeakKeyDictionary()
+        self._ignored: weakref.WeakSet[torch.optim.Optimizer] = weakref.WeakSet()
+        self._handles: list[RemovableHandle] = []
+        self._scaler_original: Callable[..., Any] | None = None
+        self._fired: torch.optim.Optimizer | None = None
+        self._active = False
+        self._closed = False
+
+    # -- lifecycle ----------------------------------------------------------------------------
+    def start(self) -> Probe:
+        if self._optimizer is not None:
+            self._handles.append(self._optimizer.register_step_pre_hook(self._pre_hook))
+        else:
+            self._handles.append(torch.optim.optimizer.register_optimizer_step_pre_hook(self._pre_hook))
+        self._patch_grad_scaler()
+        session.activate(self._recorder)
+        atexit.register(self.close)
+        self._active = True
+        return self
+
+    @property
+    def path(self) -> Path | None:
+        """Where the run is written (None until the first optimizer step)."""
+        return self._recorder.path or (self._recorder.requested_path if self._streams else None)
+
+    def close(self, status: str = "complete") -> Path | None:
+        """Flush every recorded step, finalise the file and remove all hooks. Idempotent."""
+        if self._closed:
+            return self._recorder.path
+        self._closed = True
+        self._detach()
+        if os.getpid() == self._recorder.pid:
+            for stream in list(self._streams.values()):
+                self._flush(stream)
+            self._recorder.close("failed" if self._recorder.failed else status)
+        atexit.unregister(self.close)
+        return self._recorder.path
+
+    def __enter__(self) -> Probe:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
+        interrupted = exc_type is not None and issubclass(exc_type, KeyboardInterrupt)
+        self.close("interrupted" if interrupted else "failed" if exc_type else "complete")
+
+    def _detach(self) -> None:
+        self._active = False
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+        session.deactivate(self._recorder)
+        self._unpatch_grad_scaler()
+
+    # -- hooks (the hot path) ------------------------------------------------------------------
+    def _pre_hook(self, optimizer: torch.optim.Optimizer, _args: Any, _kwargs: Any) -> None:
+        self._fired = optimizer
+        self._record(optimizer, skipped=False)
+
+    def _record(self, optimizer: torch.optim.Optimizer, skipped: bool) -> None:
+        if not self._active or os.getpid() != self._recorder.pid:
+            return  # closed, or a forked child (e.g. a DataLoader worker) inherited the hook
+        try:
+            stream = self._streams.get(optimizer)
+            if stream is None:
+                if optimizer in self._ignored or not self._wants(optimizer):
+                    return
+                stream = self._register(optimizer)
+            step = stream.step
+            stream.step += 1
+            if stream.index == 0:
+                self._recorder.current_step = stream.step
+            if not self._schedule(step):
+                return
+            stream.rows.append(stream.kernel.row())
+            stream.steps.append(step)
+            stream.times.append(self._recorder.elapsed())
+            stream.skipped.append(int(skipped))
+            if len(stream.rows) >= BATCH_STEPS or time.monotonic() - stream.last_flush >= FLUSH_SECONDS:
+                self._flush(stream)
+        except Exception as exc:  # noqa: BLE001 - the probe must never raise into training
+            self._fail(exc)
+
+    def _wants(self, optimizer: torch.optim.Optimizer) -> bool:
+        if not self._model_params:
+            return True
+        wanted = any(id(p) in self._model_params for g in optimizer.param_groups for p in g["params"])
+        if not wanted:
+            self._ignored.add(optimizer)
+        return wanted
+
+    def _register(self, optimizer: torch.optim.Optimizer) -> _Stream:
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        roots = [self._model] if self._model is not None else discover_roots()
+        tracked = track(params, roots, self._masks)
+        index = self._recorder.add_stream(type(optimizer).__name__, [t.info for t in tracked])
+        stream = _Stream(index, tracked, make_stats(tracked))
+        self._streams[optimizer] = stream
+        return stream
+
+    def _flush(self, stream: _Stream) -> None:
+        if not stream.rows:
+            return
+        stats: np.ndarray | Callable[[], np.ndarray]
+        if isinstance(stream.kernel, DeviceStats):
+            stats = _async_to_host(stream.rows)
+        else:
+            stats = np.stack(stream.rows)
+        self._recorder.add_block(PendingBlock(
+            stream.index, np.asarray(stream.steps, dtype=np.int64), np.asarray(stream.times),
+            np.asarray(stream.skipped, dtype=np.uint8), stats))
+        stream.rows, stream.steps, stream.times, stream.skipped = [], [], [], []
+        stream.last_flush = time.monotonic()
+        if self._recorder.failed is not None:
+            self._detach()
+
+    def _fail(self, exc: BaseException) -> None:
+        log.warning("gfprobe: recording stopped after an internal error (%s: %s); training goes on",
+                    type(exc).__name__, exc)
+        self._detach()
+        self._recorder.failed = exc
+        self._recorder.close("failed")
+
+    # -- AMP: steps GradScaler skips never reach optimizer.step -----------------------------
+    def _patch_grad_scaler(self) -> None:
+        scaler_cls = torch.amp.GradScaler
+        original = scaler_cls.step
+        probe = self
+
+        def step(scaler: Any, optimizer: torch.optim.Optimizer, *args: Any, **kwargs: Any) -> Any:
+            probe._fired = None
+            result = original(scaler, optimizer, *args, **kwargs)
+            if probe._active and probe._fired is not optimizer:
+                probe._record(optimizer, skipped=True)
+            return result
+
+        step.__wrapped__ = original  # type: ignore[attr-defined]
+        scaler_cls.step = step  # type: ignore[method-assign]
+        self._scaler_original = original
+        self._scaler_wrapper = step
+
+    def _unpatch_grad_scaler(self) -> None:
+        if self._scaler_original is None:
+            return
+        # Restore only if nothing patched on top of us since; otherwise our wrapper stays in the
+        # chain and passes through, because this probe is no longer active.
+        if torch.amp.GradScaler.step is self._scaler_wrapper:
+            torch.amp.GradScaler.step = self._scaler_original  # type: ignore[method-assign]
+        self._scaler_original = None
+
+
+def _async_to_host(rows: list[torch.Tensor]) -> Callable[[], np.ndarray]:
+    """Start one non-blocking copy of a batch of device rows; the writer thread waits for it."""
+    stacked = torch.stack(rows)
+    host = torch.empty(stacked.shape, dtype=stacked.dtype, pin_memory=True)
+    host.copy_(stacked, non_blocking=True)
+    done = torch.cuda.Event()
+    done.record()
+
+    def wait() -> np.ndarray:
+        done.synchronize()
+        _ = stacked  # keep the device buffer alive until the copy finished
+        return host.numpy()
+
+    return wait
+
+
+def is_secondary_rank() -> bool:
+    """True on every distributed rank but 0: only rank 0 records, so ranks never share a file."""
+    dist = torch.distributed
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank() != 0
+    return os.environ.get("RANK", "0") not in ("", "0")
+
+
+def run_metadata(command: list[str]) -> dict[str, Any]:
+    import platform
+    import sys
+
+    from gfprobe import __version__
+
+    return {
+        "command": command,
+        "cwd": os.getcwd(),
+        "host": platform.node(),
+        "python_version": sys.version.split()[0],
+        "gfprobe_version": __version__,
+        "torch_version": torch.__version__,
+    }
+
+
+def watch(
+    model: nn.Module | None,
+    optimizer: torch.optim.Optimizer | None = None,
+    out: str | Path = "run.h5",
+    every: int | Schedule = 1,
+    masks: str | Mapping[str, torch.Tensor] = "auto",
+    attrs: Mapping[str, Any] | None = None,
+) -> Probe:
+    """See :func:`gfprobe.watch`."""
+    import sys
+
+    recorder = Recorder(
+        Path(out),
+        dict(run_metadata(list(sys.argv)), every=every if isinstance(every, int) else "custom",
+             masks=masks if isinstance(masks, str) else "explicit"),
+        attrs or {},
+    )
+    probe = Probe(recorder, every=every, masks=masks, model=model, optimizer=optimizer)
+    if is_secondary_rank():
+        return probe  # never started: records nothing, close() is a no-op
+    return probe.start()

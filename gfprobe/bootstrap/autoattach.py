@@ -1,0 +1,136 @@
+"""Arms recording inside a process started by ``gfprobe record``.
+
+Nothing heavy happens at interpreter start: a post-import hook waits for ``import torch``,
+then installs the global optimizer hooks. The recorder opens its file at the first optimizer
+step, so launchers, DataLoader workers and other ranks never create one.
+"""
+
+from __future__ import annotations
+
+import atexit
+import importlib.abc
+import importlib.machinery
+import json
+import os
+import re
+import signal
+import sys
+import threading
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from types import FrameType, ModuleType
+from typing import Any
+
+from gfprobe.capture import session
+
+
+def install(config_json: str) -> None:
+    config = json.loads(config_json)
+    if os.environ.get("RANK", "0") not in ("", "0"):
+        return  # torchrun: rank 0 records
+    if config.get("metrics"):
+        patterns = [(name, re.compile(rx)) for name, rx in config["metrics"].items()]
+        sys.stdout = MetricTee(sys.stdout, patterns)  # type: ignore[assignment]
+        sys.stderr = MetricTee(sys.stderr, patterns)  # type: ignore[assignment]
+    if "torch" in sys.modules:
+        _attach(config)
+    else:
+        sys.meta_path.insert(0, _AfterImport("torch", lambda _m: _attach(config)))
+
+
+def _attach(config: dict[str, Any]) -> None:
+    from gfprobe.adapters.torch_probe import Probe, run_metadata
+    from gfprobe.capture.recorder import Recorder
+
+    recorder = Recorder(
+        Path(config["out"]),
+        dict(run_metadata(config["command"]), every=config["every"], masks=config["masks"]),
+        config.get("attrs", {}),
+    )
+    probe = Probe(recorder, every=int(config["every"]), masks=config["masks"]).start()
+    _finalise_on_exit(probe)
+
+
+def _finalise_on_exit(probe: Any) -> None:
+    """Stamp how the process ended: an uncaught exception or SIGTERM is not 'complete'."""
+    outcome = {"status": "complete"}
+    previous_hook = sys.excepthook
+
+    def excepthook(kind: type[BaseException], value: BaseException, tb: Any) -> None:
+        outcome["status"] = "interrupted" if issubclass(kind, KeyboardInterrupt) else "failed"
+        previous_hook(kind, value, tb)
+
+    sys.excepthook = excepthook
+    atexit.unregister(probe.close)
+    atexit.register(lambda: probe.close(outcome["status"]))
+    if threading.current_thread() is threading.main_thread() and \
+            signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None):
+
+        def on_term(signum: int, _frame: FrameType | None) -> None:
+            probe.close("interrupted")
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)  # die of SIGTERM as the process would have
+
+        signal.signal(signal.SIGTERM, on_term)
+
+
+class _AfterImport(importlib.abc.MetaPathFinder):
+    """Runs ``callback(module)`` right after ``module_name`` finishes importing."""
+
+    def __init__(self, module_name: str, callback: Callable[[ModuleType], None]) -> None:
+        self._name = module_name
+        self._callback = callback
+
+    def find_spec(self, fullname: str, path: Sequence[str] | None, target: ModuleType | None = None) -> Any:
+        if fullname != self._name:
+            return None
+        sys.meta_path.remove(self)
+        spec = importlib.machinery.PathFinder.find_spec(fullname, path)
+        if spec is None or spec.loader is None:
+            return spec
+        loader = spec.loader
+        original_exec = loader.exec_module
+        callback = self._callback
+
+        def exec_module(module: ModuleType) -> None:
+            original_exec(module)
+            try:
+                callback(module)
+            except Exception as exc:  # noqa: BLE001 - recording is optional, the import is not
+                sys.stderr.write(f"gfprobe: recording disabled: {type(exc).__name__}: {exc}\n")
+
+        loader.exec_module = exec_module  # type: ignore[method-assign]
+        return spec
+
+
+class MetricTee:
+    """A stand-in for sys.stdout/sys.stderr that passes everything through unchanged and turns
+    lines matching ``--metric NAME=REGEX`` into metric values (the first capture group)."""
+
+    def __init__(self, stream: Any, patterns: list[tuple[str, re.Pattern[str]]]) -> None:
+        self._stream = stream
+        self._patterns = patterns
+        self._partial = ""
+
+    def write(self, text: str) -> int:
+        written: int = self._stream.write(text)
+        try:
+            self._scan(text)
+        except Exception:  # noqa: BLE001, S110 - a metric we cannot parse must not break printing
+            pass
+        return written
+
+    def _scan(self, text: str) -> None:
+        lines = re.split(r"[\r\n]", self._partial + text)
+        self._partial = lines.pop()[-4096:]
+        for line in lines:
+            for name, pattern in self._patterns:
+                match = pattern.search(line)
+                if match:
+                    try:
+                        session.log(**{name: float(match.group(1))})
+                    except ValueError:
+                        pass
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)

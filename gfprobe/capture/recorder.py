@@ -1,0 +1,170 @@
+"""The framework-agnostic recorder.
+
+Adapters hand it per-step statistics blocks (see ``store.schema.STAT_FIELDS``); it owns the
+background writer thread and the run file. The training thread only appends to a queue: every
+HDF5 call, and every wait for a device-to-host copy, happens on the writer thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from gfprobe.store.writer import ParamInfo, RunWriter, StepBlock, claim_path
+
+log = logging.getLogger("gfprobe")
+
+StatsSource = np.ndarray | Callable[[], np.ndarray]
+
+
+@dataclass(frozen=True)
+class PendingBlock:
+    """Steps whose statistics may still be on their way from a device."""
+
+    stream: int
+    steps: np.ndarray
+    times: np.ndarray
+    skipped: np.ndarray
+    stats: StatsSource  # [n, F, P] or a callable that waits for and returns it
+
+    def resolve(self) -> StepBlock:
+        stats = self.stats() if callable(self.stats) else self.stats
+        return StepBlock(self.stream, self.steps, self.times, self.skipped, np.asarray(stats, dtype=np.float64))
+
+
+_STOP = object()
+
+
+class Recorder:
+    """Owns one run file. Thread-safe for callers; the file is touched only by its writer thread.
+
+    The file is created when the first stream (optimizer) is registered, so a process that never
+    trains leaves no file behind.
+    """
+
+    def __init__(self, out: Path, metadata: Mapping[str, Any], attrs: Mapping[str, Any]) -> None:
+        self.requested_path = out
+        self.path: Path | None = None
+        self.start_time = time.time()
+        self.current_step = 0  # optimizer steps taken by stream 0; the default step of a metric
+        self._metadata = dict(metadata, start_time=_iso(self.start_time), pid=os.getpid())
+        self._attrs = dict(attrs)
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._n_streams = 0
+        self._closed = False
+        self.failed: BaseException | None = None
+        self.pid = os.getpid()
+        # Started by the first message: processes that import torch but never train (DataLoader
+        # workers, launchers) get no thread and no file.
+        self._thread: threading.Thread | None = None
+        self._start_lock = threading.Lock()
+
+    # -- producer side (any thread) -------------------------------------------------------------
+    def _put(self, item: Any) -> None:
+        if self._thread is None:
+            with self._start_lock:
+                if self._thread is None:
+                    self._thread = threading.Thread(target=self._run, name="gfprobe-writer", daemon=True)
+                    self._thread.start()
+        self._queue.put(item)
+
+    def add_stream(self, optimizer: str, params: Sequence[ParamInfo]) -> int:
+        stream = self._n_streams
+        self._n_streams += 1
+        self._put(("stream", optimizer, list(params)))
+        return stream
+
+    def add_block(self, block: PendingBlock) -> None:
+        self._put(("block", block))
+
+    def log_metrics(self, values: Mapping[str, float], step: int | None = None) -> None:
+        now = time.time() - self.start_time
+        at = self.current_step if step is None else int(step)
+        rows = [(name, at, now, float(v)) for name, v in values.items()]
+        self._put(("metrics", rows))
+
+    def elapsed(self) -> float:
+        return time.time() - self.start_time
+
+    def close(self, status: str = "complete", timeout: float = 60.0) -> Path | None:
+        """Write everything queued, stamp the final status, and stop the writer thread."""
+        if self._closed:
+            return self.path
+        self._closed = True
+        if self._thread is None:
+            return None
+        self._queue.put(("close", status))
+        self._queue.put(_STOP)
+        self._thread.join(timeout)
+        return self.path
+
+    # -- writer thread ----------------------------------------------------------------------
+    def _run(self) -> None:
+        writer: RunWriter | None = None
+        early_metrics: list[tuple[str, int, float, float]] = []
+        while True:
+            item = self._queue.get()
+            if item is _STOP:
+                return
+            if self.failed is not None:
+                continue  # drain without writing: recording stopped, training must not block
+            try:
+                writer = self._handle(item, writer, early_metrics)
+            except BaseException as exc:  # noqa: BLE001 - any failure stops recording, never training
+                self._fail(exc, writer)
+
+    def _handle(self, item: tuple[Any, ...], writer: RunWriter | None, early: list[Any]) -> RunWriter | None:
+        kind = item[0]
+        if kind == "stream":
+            if writer is None:
+                writer = self._open()
+            writer.add_stream(item[1], item[2])
+            writer.append_metrics(early)
+            early.clear()
+        elif kind == "block" and writer is not None:
+            writer.append_steps(item[1].resolve())
+        elif kind == "metrics":
+            if writer is None:
+                early.extend(item[1])
+            else:
+                writer.append_metrics(item[1])
+        elif kind == "close" and writer is not None:
+            writer.close(item[1], {"end_time": _iso(time.time())})
+            return None
+        if writer is not None and self._queue.empty():
+            writer.flush()  # one flush per burst: readers see data within a flush interval
+        return writer
+
+    def _open(self) -> RunWriter:
+        path = self.requested_path
+        for _attempt in range(2):
+            try:
+                writer = RunWriter(path, self._metadata, self._attrs)
+                self.path = path
+                return writer
+            except FileExistsError:
+                path = claim_path(path)
+        raise FileExistsError(f"run file {path} exists")
+
+    def _fail(self, exc: BaseException, writer: RunWriter | None) -> None:
+        self.failed = exc
+        log.warning("gfprobe: recording stopped after an internal error (%s: %s); training goes on",
+                    type(exc).__name__, exc)
+        if writer is not None:
+            try:
+                writer.close("failed", {"end_time": _iso(time.time()), "error": f"{type(exc).__name__}: {exc}"})
+            except BaseException:  # noqa: BLE001 - already reporting the first failure
+                pass
+
+
+def _iso(t: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))

@@ -1,0 +1,44 @@
+"""Which recorders are active in this process, so that ``gfprobe.log`` can find them.
+
+This is the one piece of process-wide state in gfprobe, on purpose: ``log`` must work from
+anywhere in a script that ``gfprobe record`` wraps, without a handle being passed around.
+"""
+
+from __future__ import annotations
+
+from numbers import Real
+
+from gfprobe.capture.recorder import Recorder
+from gfprobe.errors import ConfigError
+
+_active: list[Recorder] = []
+
+
+def activate(recorder: Recorder) -> None:
+    _active.append(recorder)
+
+
+def deactivate(recorder: Recorder) -> None:
+    if recorder in _active:
+        _active.remove(recorder)
+
+
+def log(step: int | None = None, **metrics: float) -> None:
+    """Record metric values (e.g. ``gfprobe.log(test_acc=0.91)``) in every active run.
+
+    ``step`` defaults to the number of optimizer steps taken so far. A silent no-op when
+    nothing records, so scripts can call it unconditionally.
+    """
+    if not _active:
+        return
+    values = {}
+    for name, value in metrics.items():
+        value = getattr(value, "item", lambda v=value: v)()  # 0-d tensors and NumPy scalars
+        if not isinstance(value, Real) or isinstance(value, bool):
+            raise ConfigError(f"gfprobe.log: metric {name}={value!r} is not a number")
+        values[name] = float(value)
+    if step is not None and (not isinstance(step, int) or step < 0):
+        raise ConfigError(f"gfprobe.log: step must be a non-negative int, got step={step!r}")
+    for recorder in list(_active):
+        recorder.log_metrics(values, step)
+

@@ -1,0 +1,67 @@
+"""Names, types and layout of the run file (documented for users in docs/run-file.md).
+
+Bump SCHEMA_VERSION, and say so in CHANGELOG.md, whenever the layout changes.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+SCHEMA_VERSION = 1
+FORMAT_NAME = "gfprobe-run"
+
+# Per-parameter statistics recorded once per recorded optimizer step. Every measure is derived
+# from these mergeable totals; the order is the order of the adapter's stats block.
+STAT_FIELDS: tuple[str, ...] = (
+    "sumsq",  # Σ g²            over the raw gradient
+    "sum_abs",  # Σ |g|
+    "max_abs",  # max |g|
+    "nonfinite",  # count of NaN/Inf entries
+    "masked_sumsq",  # the same four over the effective gradient g ⊙ m
+    "masked_sum_abs",
+    "masked_max_abs",
+    "masked_nonfinite",
+    "active",  # N = ||m||_0, the active-weight count
+    "has_grad",  # 1 if the parameter had a gradient at this step (else all zeros)
+)
+INT_STAT_FIELDS = frozenset({"nonfinite", "masked_nonfinite", "active", "has_grad"})
+
+PARAM_COLUMNS: dict[str, np.dtype[np.generic]] = {
+    "name": np.dtype("S256"),
+    "shape": np.dtype("S64"),
+    "numel": np.dtype("i8"),
+    "kind": np.dtype("S16"),
+    "module_type": np.dtype("S64"),
+    "stream": np.dtype("i2"),
+    "mask_source": np.dtype("S16"),
+}
+STREAM_COLUMNS: dict[str, np.dtype[np.generic]] = {"optimizer": np.dtype("S64")}
+STEP_COLUMNS: dict[str, np.dtype[np.generic]] = {
+    "stream": np.dtype("i2"),
+    "step": np.dtype("i8"),
+    "time": np.dtype("f8"),
+    "skipped": np.dtype("u1"),
+}
+METRIC_COLUMNS: dict[str, np.dtype[np.generic]] = {
+    "name_id": np.dtype("i4"),
+    "step": np.dtype("i8"),
+    "time": np.dtype("f8"),
+    "value": np.dtype("f8"),
+}
+METRIC_NAME_DTYPE = np.dtype("S128")
+
+PARAM_KINDS = ("weight", "bias", "norm", "other")
+MASK_SOURCES = ("none", "prune", "parametrize", "explicit", "zeros")
+
+ROW_CHUNK = 512
+COL_CHUNK = 32
+COMPRESSION = {"compression": "gzip", "compression_opts": 4, "shuffle": True}
+
+
+def stat_dtype(field: str) -> np.dtype[np.generic]:
+    return np.dtype("i8") if field in INT_STAT_FIELDS else np.dtype("f8")
+
+
+def stat_fill(field: str) -> float | int:
+    """Fill for cells of another optimizer's parameters: never mistaken for a real value."""
+    return -1 if field in INT_STAT_FIELDS else float("nan")
