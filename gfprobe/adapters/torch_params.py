@@ -94,7 +94,8 @@ def _attr_getter(obj: object, attr: str) -> MaskGetter:
 def discover_roots() -> list[nn.Module]:
     """Top-level modules alive in this process (used when no model was given, as under
     ``gfprobe record``). One pass over the garbage collector's objects, once per optimizer."""
-    modules = [o for o in gc.get_objects() if isinstance(o, nn.Module)]
+    # type(), not isinstance(): isinstance reads __class__, which deprecated torch proxies warn on.
+    modules = [o for o in gc.get_objects() if issubclass(type(o), nn.Module)]
     children = {id(c) for m in modules for c in m.children()}
     return [m for m in modules if id(m) not in children]
 

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from torch.optim.optimizer import register_optimizer_step_pre_hook
 from torch.utils.hooks import RemovableHandle
 
 from gfprobe.adapters.torch_params import TrackedParam, discover_roots, track
@@ -85,7 +86,7 @@ class Probe:
         if self._optimizer is not None:
             self._handles.append(self._optimizer.register_step_pre_hook(self._pre_hook))
         else:
-            self._handles.append(torch.optim.optimizer.register_optimizer_step_pre_hook(self._pre_hook))
+            self._handles.append(register_optimizer_step_pre_hook(self._pre_hook))
         self._patch_grad_scaler()
         session.activate(self._recorder)
         atexit.register(self.close)

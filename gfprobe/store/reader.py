@@ -184,10 +184,7 @@ def open_run(path: str | Path) -> Iterator[RunFile]:
         raise RunFileError(f"{p}: is a folder; pass the run files inside it (e.g. {p}/*.h5)")
     if not h5py.is_hdf5(p):
         raise RunFileError(f"{p}: not an HDF5 file (truncated or another format); pass a gfprobe run file")
-    try:
-        handle = h5py.File(p, "r", swmr=True)
-    except OSError as exc:
-        raise RunFileError(f"{p}: cannot be read as HDF5 ({_short(exc)}); the file is damaged") from exc
+    handle = _open_handle(p)
     try:
         _validate(p, handle)
         yield RunFile(p, handle)
@@ -195,6 +192,23 @@ def open_run(path: str | Path) -> Iterator[RunFile]:
         raise RunFileError(f"{p}: damaged run file ({_short(exc)})") from exc
     finally:
         handle.close()
+
+
+def _open_handle(path: Path) -> h5py.File:
+    """A plain open first: it detects truncation, which SWMR mode does not (it retries reads of
+    a truncated file for a long time). HDF5 refuses a plain open of a file whose writer is still
+    running or was killed; those are exactly the files SWMR mode reads safely."""
+    try:
+        return h5py.File(path, "r")
+    except OSError as exc:
+        message = _short(exc)
+        if "already open for write" not in message:
+            kind = "truncated" if "truncated" in message else "damaged"
+            raise RunFileError(f"{path}: {kind} HDF5 file ({message}); it cannot be read") from exc
+    try:
+        return h5py.File(path, "r", swmr=True)
+    except OSError as exc:
+        raise RunFileError(f"{path}: cannot be read as HDF5 ({_short(exc)}); the file is damaged") from exc
 
 
 def _validate(path: Path, f: h5py.File) -> None:

@@ -1,0 +1,1 @@
+"""Analysis over run files: summaries, and (later) correlation, SC-SDC statistics, checks."""

@@ -1,0 +1,134 @@
+"""The per-run report: measures summarised by protocol, metrics' last and best values."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from gfprobe.measures import MEASURES, LayerStats, compute_all, layer_norms
+from gfprobe.store.reader import Metric, RunFile, StreamData, open_run
+from gfprobe.summary import DEFAULT_POINTS, summarise
+
+_LAYER_FIELDS = ("sumsq", "sum_abs", "masked_sumsq", "masked_sum_abs", "active", "max_abs",
+                 "nonfinite", "has_grad")
+# Metrics where lower is better; every other metric is taken as higher-is-better.
+_LOWER_IS_BETTER = ("loss", "error", "err", "perplexity", "ppl", "mse", "mae")
+
+
+@dataclass(frozen=True)
+class LayerSummary:
+    name: str
+    shape: tuple[int, ...]
+    density: float  # active / numel, averaged over steps
+    l2: float  # ‖g ⊙ m‖_2 summarised by the protocol
+    l1: float
+    max_abs: float  # largest |g| seen at any step
+    nonfinite: int  # non-finite gradient entries over all steps
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    path: str
+    status: str
+    steps: int  # recorded optimizer steps (AMP-skipped ones excluded)
+    skipped: int  # AMP-skipped steps recorded
+    layers: int  # weight layers
+    measures: dict[str, float]
+    metrics: dict[str, dict[str, float]]
+    attrs: dict[str, Any]
+    series: dict[str, np.ndarray] = field(repr=False)
+    per_layer: list[LayerSummary] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "path": self.path, "steps": self.steps, "layers": self.layers,
+            "measures": {k: _num(v) for k, v in self.measures.items()},
+            "metrics": {k: {kk: _num(vv) for kk, vv in v.items()} for k, v in self.metrics.items()},
+            "attrs": self.attrs, "skipped": self.skipped, "status": self.status,
+            **({"per_layer": [_layer_json(layer) for layer in self.per_layer]} if self.per_layer else {}),
+        }
+
+
+def _num(value: float) -> float | None:
+    return None if not np.isfinite(value) else float(value)
+
+
+def _layer_json(layer: LayerSummary) -> dict[str, Any]:
+    return {"name": layer.name, "shape": list(layer.shape), "density": _num(layer.density),
+            "l2": _num(layer.l2), "l1": _num(layer.l1), "max_abs": _num(layer.max_abs),
+            "nonfinite": layer.nonfinite}
+
+
+def weight_layer_stats(stream: StreamData) -> tuple[LayerStats, list[int]]:
+    """The weight layers' statistics over the steps the optimizer really took."""
+    cols = stream.params.indices("weight")
+    rows = ~stream.skipped
+
+    def take(name: str) -> np.ndarray:
+        return stream.stats[name][rows][:, cols]
+
+    return LayerStats(take("sumsq"), take("sum_abs"), take("masked_sumsq"),
+                      take("masked_sum_abs"), take("active")), [int(c) for c in cols]
+
+
+def metric_summary(metric: Metric) -> dict[str, float]:
+    values = metric.values
+    if values.size == 0:
+        return {"last": float("nan"), "best": float("nan")}
+    lower = any(word in metric.name.lower() for word in _LOWER_IS_BETTER)
+    finite = values[np.isfinite(values)]
+    best = (finite.min() if lower else finite.max()) if finite.size else float("nan")
+    return {"last": float(values[-1]), "best": float(best)}
+
+
+def summarise_run(run: RunFile, stream_index: int = 0, how: str = "points",
+                  points: int = DEFAULT_POINTS, per_layer: bool = False) -> RunSummary:
+    stream = run.stream(stream_index, fields=_LAYER_FIELDS)
+    stats, cols = weight_layer_stats(stream)
+    series = compute_all(stats)
+    layers = _per_layer(stream, stats, cols, how, points) if per_layer else []
+    return RunSummary(
+        path=str(run.path),
+        status=str(run.metadata.get("status", "unknown")),
+        steps=int((~stream.skipped).sum()),
+        skipped=int(stream.skipped.sum()),
+        layers=stats.n_layers,
+        measures={name: summarise(series[name], how, points) for name in MEASURES},
+        metrics={name: metric_summary(m) for name, m in sorted(run.metrics().items())},
+        attrs=run.attrs,
+        series=series,
+        per_layer=layers,
+    )
+
+
+def _per_layer(stream: StreamData, stats: LayerStats, cols: list[int], how: str,
+               points: int) -> list[LayerSummary]:
+    l2, l1 = layer_norms(stats, 2), layer_norms(stats, 1)
+    out = []
+    for j, col in enumerate(cols):
+        numel = max(int(stream.params.numel[col]), 1)
+        active = stats.active[:, j]
+        out.append(LayerSummary(
+            name=stream.params.names[col],
+            shape=stream.params.shapes[col],
+            density=float(active.mean() / numel) if active.size else float("nan"),
+            l2=summarise(l2[:, j], how, points),
+            l1=summarise(l1[:, j], how, points),
+            max_abs=float(np.max(stream.stats["max_abs"][:, col])) if stream.steps.size else float("nan"),
+            nonfinite=int(stream.stats["nonfinite"][:, col].sum()),
+        ))
+    return out
+
+
+def build_report(paths: Sequence[str | Path], stream_index: int = 0, how: str = "points",
+                 points: int = DEFAULT_POINTS, per_layer: bool = False) -> list[RunSummary]:
+    """Summaries of every run, in the order given. Each file is opened once."""
+    summaries = []
+    for path in paths:
+        with open_run(path) as run:
+            summaries.append(summarise_run(run, stream_index, how, points, per_layer))
+    return summaries

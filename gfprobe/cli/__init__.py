@@ -1,0 +1,22 @@
+"""The ``gfprobe`` command line: thin click commands over the library."""
+
+from __future__ import annotations
+
+import click
+
+from gfprobe import __version__
+from gfprobe.cli.demo import demo
+from gfprobe.cli.inspect import inspect
+from gfprobe.cli.record import record
+from gfprobe.cli.report import report
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="gfprobe")
+def main() -> None:
+    """Gradient-flow diagnostics: record per-layer gradient statistics of any PyTorch training
+    run into an HDF5 file, then report Effective Gradient Flow and the standard norms."""
+
+
+for command in (record, report, inspect, demo):
+    main.add_command(command)

@@ -1,0 +1,64 @@
+"""``gfprobe record -- COMMAND``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from gfprobe import launcher
+from gfprobe.analysis.report import build_report
+from gfprobe.cli._common import UserError, handle_errors
+from gfprobe.errors import GfprobeError
+
+
+@click.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path),
+              help="Run file to write [default: gfprobe-runs/<date>-<time>-<script>.h5].")
+@click.option("--force", is_flag=True, help="Replace --out if it exists.")
+@click.option("--every", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Record every N-th optimizer step.")
+@click.option("--masks", type=click.Choice(["auto", "zeros", "none"]), default="auto", show_default=True,
+              help="auto: torch prune/parametrize masks; zeros: weights exactly 0 at the first step; none.")
+@click.option("--metric", "metrics", multiple=True, metavar="NAME=REGEX",
+              help="Record the first capture group of output lines matching REGEX as metric NAME. Repeatable.")
+@click.option("--attr", "attrs", multiple=True, metavar="KEY=VALUE",
+              help="A run attribute stored in the file (VALUE read as JSON if it parses). Repeatable.")
+@click.argument("command", nargs=-1, type=click.UNPROCESSED, required=True)
+@handle_errors
+def record(out: Path | None, force: bool, every: int, masks: str, metrics: tuple[str, ...],
+           attrs: tuple[str, ...], command: tuple[str, ...]) -> None:
+    """Run COMMAND and record the gradients of every torch optimizer it steps.
+
+    \b
+    Example:
+      gfprobe record --out run.h5 -- python train.py --epochs 3
+    Put -- before COMMAND. No change to the script is needed; under torchrun, rank 0 records.
+    gfprobe exits with COMMAND's exit code.
+    """
+    options = launcher.RecordOptions(
+        out=out, force=force, every=every, masks=masks,
+        metrics=dict(launcher.parse_metric(m) for m in metrics),
+        attrs=dict(launcher.parse_attr(a) for a in attrs),
+    )
+    try:
+        result = launcher.run(command, options)
+    except launcher.CommandNotFound as exc:
+        raise UserError(str(exc), exit_code=127) from None
+    if not result.files:
+        raise UserError(
+            f"nothing was recorded: {' '.join(command)} never stepped a torch optimizer "
+            "(or ran in a Python where gfprobe is not installed)",
+            exit_code=result.exit_code or 3,
+        )
+    for path in result.files:
+        click.echo(f"gfprobe: {_describe(path)}", err=True)
+    raise SystemExit(result.exit_code)
+
+
+def _describe(path: Path) -> str:
+    try:
+        (run,) = build_report([path])
+    except GfprobeError as exc:
+        return f"wrote {path} (unreadable: {exc})"
+    return f"recorded {run.steps} steps of {run.layers} weight layers to {path} ({run.status})"

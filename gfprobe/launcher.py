@@ -1,0 +1,172 @@
+"""Running a command under recording (``gfprobe record``).
+
+The child gets gfprobe's bootstrap folder first on PYTHONPATH; its ``sitecustomize`` arms
+recording in every Python process of the command (see ``bootstrap/autoattach.py``). This
+parent never touches the run file: it starts the child, relays signals, waits, and reports.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from gfprobe.errors import ConfigError, GfprobeError
+
+BOOTSTRAP_DIR = Path(__file__).resolve().parent / "bootstrap"
+DEFAULT_DIR = Path("gfprobe-runs")
+
+
+class CommandNotFound(GfprobeError):
+    """The command to record does not exist or is not executable."""
+
+
+class NothingRecorded(GfprobeError):
+    """The command ran, but never stepped a torch optimizer."""
+
+
+@dataclass(frozen=True)
+class RecordOptions:
+    out: Path | None = None
+    force: bool = False
+    every: int = 1
+    masks: str = "auto"
+    metrics: Mapping[str, str] = field(default_factory=dict)
+    attrs: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class RecordResult:
+    exit_code: int
+    files: list[Path]
+
+
+def parse_metric(spec: str) -> tuple[str, str]:
+    """``NAME=REGEX`` with at least one capture group, validated before anything runs."""
+    name, sep, pattern = spec.partition("=")
+    if not sep or not name.isidentifier():
+        raise ConfigError(f"--metric {spec!r}: expected NAME=REGEX, e.g. --metric 'test_acc=acc=([0-9.]+)'")
+    try:
+        compiled = re.compile(pattern)
+    except re.error as exc:
+        raise ConfigError(f"--metric {name}: invalid regular expression ({exc})") from exc
+    if compiled.groups < 1:
+        raise ConfigError(f"--metric {name}: the regex needs a capture group around the number, e.g. 'acc=([0-9.]+)'")
+    return name, pattern
+
+
+def parse_attr(spec: str) -> tuple[str, Any]:
+    """``KEY=VALUE``; the value is read as JSON when it parses (numbers, true/false), else text."""
+    key, sep, raw = spec.partition("=")
+    if not sep or not key:
+        raise ConfigError(f"--attr {spec!r}: expected KEY=VALUE, e.g. --attr density=0.3")
+    try:
+        return key, json.loads(raw)
+    except ValueError:
+        return key, raw
+
+
+def default_out(command: Sequence[str], now: float | None = None) -> Path:
+    """``gfprobe-runs/<date>-<time>-<script>.h5``: predictable, sortable, never colliding in practice."""
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(now))
+    label = _label(command)
+    return DEFAULT_DIR / f"{stamp}-{label}.h5"
+
+
+def _label(command: Sequence[str]) -> str:
+    args = list(command)
+    if "-m" in args[:-1]:
+        return re.sub(r"[^\w.-]", "_", args[args.index("-m") + 1])
+    scripts = [a for a in args if a.endswith(".py")]
+    return Path(scripts[0]).stem if scripts else re.sub(r"[^\w.-]", "_", Path(args[0]).name)
+
+
+def resolve_command(command: Sequence[str]) -> list[str]:
+    if not command:
+        raise ConfigError("no command given; usage: gfprobe record [OPTIONS] -- COMMAND [ARGS]...")
+    program = command[0]
+    if os.sep in program:
+        if not (os.path.isfile(program) and os.access(program, os.X_OK)):
+            raise CommandNotFound(f"command not found or not executable: {program}")
+        return list(command)
+    found = shutil.which(program)
+    if found is None:
+        raise CommandNotFound(f"command not found: {program} (not on PATH)")
+    return list(command)
+
+
+def prepare(command: Sequence[str], options: RecordOptions) -> tuple[list[str], dict[str, str], Path]:
+    """Validate everything and build the child's argv and environment; runs nothing."""
+    argv = resolve_command(command)
+    out = options.out or default_out(argv)
+    if out.exists():
+        if not options.force:
+            raise ConfigError(f"{out} exists; choose another --out or pass --force to replace it")
+        out.unlink()
+    if options.every < 1:
+        raise ConfigError(f"--every must be at least 1, got {options.every}")
+    config = {"out": str(out.resolve()), "every": options.every, "masks": options.masks,
+              "metrics": dict(options.metrics), "attrs": dict(options.attrs), "command": argv}
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(BOOTSTRAP_DIR), *filter(None, [env.get("PYTHONPATH")])])
+    env["GFPROBE_RECORD"] = json.dumps(config)
+    if options.metrics:
+        env.setdefault("PYTHONUNBUFFERED", "1")
+    return argv, env, out
+
+
+def run(command: Sequence[str], options: RecordOptions) -> RecordResult:
+    """Run ``command`` under recording and return its exit code and the run files it wrote."""
+    argv, env, out = prepare(command, options)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    started = time.time()
+    child = subprocess.Popen(argv, env=env)
+    with _relay_signals(child):
+        code = child.wait()
+    exit_code = 128 - code if code < 0 else code  # killed by signal N: 128+N, like a shell
+    return RecordResult(exit_code, _written_files(out, started))
+
+
+def _written_files(out: Path, since: float) -> list[Path]:
+    siblings = [p for p in out.parent.glob(f"{out.stem}.*{out.suffix}")
+                if re.fullmatch(rf"{re.escape(out.stem)}\.\d+{re.escape(out.suffix)}", p.name)
+                and p.stat().st_mtime >= since - 1]
+    return ([out] if out.exists() else []) + sorted(siblings)
+
+
+class _relay_signals:
+    """Pass SIGTERM (and SIGINT, unless it came from the terminal) on to the child.
+
+    At an interactive terminal, Ctrl-C already reaches the child, which shares our process
+    group; relaying it too would interrupt the child's own clean-up a second time.
+    """
+
+    def __init__(self, child: subprocess.Popen[bytes]) -> None:
+        self._child = child
+        self._saved: dict[int, Any] = {}
+
+    def _relay(self, signum: int, _frame: FrameType | None) -> None:
+        if self._child.poll() is None:
+            self._child.send_signal(signum)
+
+    def __enter__(self) -> _relay_signals:
+        interactive = sys.stdin is not None and sys.stdin.isatty()
+        handlers = {signal.SIGTERM: self._relay, signal.SIGHUP: self._relay,
+                    signal.SIGINT: signal.SIG_IGN if interactive else self._relay}
+        for signum, handler in handlers.items():
+            self._saved[signum] = signal.signal(signum, handler)
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        for signum, handler in self._saved.items():
+            signal.signal(signum, handler)
