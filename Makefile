@@ -1,0 +1,35 @@
+# The two set-up commands of the README. Each creates (or refreshes) its own virtual
+# environment in .venv and installs everything it needs, pinned by constraints.txt.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test bench lint clean
+
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -qq --upgrade pip
+	$(BIN)/python -m pip install -qq -c constraints.txt -e '.[test]'
+	touch $(STAMP)
+
+## The main job: record and report the built-in MNIST-1D demo.
+demo: $(STAMP)
+	$(BIN)/gfprobe demo
+
+## The whole test suite (slow end-to-end tests included), then lint and types.
+test: $(STAMP)
+	$(BIN)/ruff check gfprobe tests benchmarks
+	$(BIN)/mypy
+	$(BIN)/python -m pytest
+
+## Overhead benchmark (not part of the suite: timings belong in benchmarks, not tests).
+bench: $(STAMP)
+	$(BIN)/python benchmarks/overhead.py
+
+lint: $(STAMP)
+	$(BIN)/ruff check gfprobe tests benchmarks
+	$(BIN)/mypy
+
+clean:
+	rm -rf $(VENV) gfprobe-runs .pytest_cache .mypy_cache .ruff_cache
