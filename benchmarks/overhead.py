@@ -36,7 +36,7 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.nn import functional as F  # noqa: N812 - the usual torch alias
+from torch.nn import functional as F
 
 import gfprobe
 

@@ -32,7 +32,8 @@ def _norm(sumsq: np.ndarray, sum_abs: np.ndarray, p: int) -> np.ndarray:
     if p == 1:
         return np.asarray(sum_abs, dtype=np.float64)
     if p == 2:
-        return np.sqrt(np.asarray(sumsq, dtype=np.float64))
+        norms: np.ndarray = np.sqrt(np.asarray(sumsq, dtype=np.float64))
+        return norms
     raise ValueError(f"p must be 1 or 2, got {p}")
 
 
@@ -43,14 +44,14 @@ def layer_norms(stats: LayerStats, p: int) -> np.ndarray:
 
 def gf(stats: LayerStats, p: int) -> np.ndarray:
     """‖g‖_p of all weight-layer gradients concatenated, unmasked (the standard gradient flow)."""
-    if p == 1:
-        return np.asarray(stats.sum_abs, dtype=np.float64).sum(axis=1)
-    return np.sqrt(np.asarray(stats.sumsq, dtype=np.float64).sum(axis=1))
+    total: np.ndarray = np.asarray(stats.sum_abs if p == 1 else stats.sumsq, dtype=np.float64).sum(axis=1)
+    return total if p == 1 else np.sqrt(total)
 
 
 def egf(stats: LayerStats, p: int) -> np.ndarray:
     """Effective Gradient Flow: (1/L) Σ_l ‖g^l ⊙ m^l‖_p."""
-    return layer_norms(stats, p).mean(axis=1)
+    mean: np.ndarray = layer_norms(stats, p).mean(axis=1)
+    return mean
 
 
 def egf_per_weight(stats: LayerStats, p: int) -> np.ndarray:
@@ -58,7 +59,8 @@ def egf_per_weight(stats: LayerStats, p: int) -> np.ndarray:
     active = np.asarray(stats.active, dtype=np.float64)
     norms = layer_norms(stats, p)
     per_weight = np.divide(norms, active, out=np.zeros_like(norms), where=active > 0)
-    return per_weight.mean(axis=1)
+    mean: np.ndarray = per_weight.mean(axis=1)
+    return mean
 
 
 def compute_all(stats: LayerStats) -> dict[str, np.ndarray]:

@@ -15,8 +15,8 @@ from gfprobe.summary import protocol_indices, summarise
 
 def stats_from_grads(grads: list[np.ndarray], masks: list[np.ndarray]) -> LayerStats:
     """One step's sufficient statistics from explicit gradients and masks."""
-    eff = [g * m for g, m in zip(grads, masks)]
-    row = lambda values: np.array([values], dtype=np.float64)  # noqa: E731
+    eff = [g * m for g, m in zip(grads, masks, strict=True)]
+    row = lambda values: np.array([values], dtype=np.float64)
     return LayerStats(
         sumsq=row([np.sum(g**2) for g in grads]),
         sum_abs=row([np.sum(np.abs(g)) for g in grads]),
@@ -100,15 +100,15 @@ def test_measures_match_plain_autograd_on_a_masked_network(tmp_path) -> None:  #
     weights = [n for n in reference if n.endswith("weight")]
     g = [reference[n] for n in weights]
     m = [masks[n].numpy() for n in weights]
-    e = [gi * mi for gi, mi in zip(g, m)]
+    e = [gi * mi for gi, mi in zip(g, m, strict=True)]
     L = len(weights)
     expected = {
         "gf_1": sum(np.abs(gi).sum() for gi in g),
         "gf_2": math.sqrt(sum((gi**2).sum() for gi in g)),
         "egf_1": sum(np.abs(ei).sum() for ei in e) / L,
         "egf_2": sum(np.sqrt((ei**2).sum()) for ei in e) / L,
-        "egf_1_per_weight": sum(np.abs(ei).sum() / mi.sum() for ei, mi in zip(e, m)) / L,
-        "egf_2_per_weight": sum(np.sqrt((ei**2).sum()) / mi.sum() for ei, mi in zip(e, m)) / L,
+        "egf_1_per_weight": sum(np.abs(ei).sum() / mi.sum() for ei, mi in zip(e, m, strict=True)) / L,
+        "egf_2_per_weight": sum(np.sqrt((ei**2).sum()) / mi.sum() for ei, mi in zip(e, m, strict=True)) / L,
     }
     with open_run(out) as run:
         stats, _cols = weight_layer_stats(run.stream(0))

@@ -44,7 +44,7 @@ def test_training_is_bit_for_bit_identical_with_and_without_the_probe(
     with gfprobe.watch(probed, opt_probed, out=tmp_path / "run.h5"):
         train(probed, opt_probed, 25)
 
-    for (name, a), b in zip(plain.state_dict().items(), probed.state_dict().values()):
+    for (name, a), b in zip(plain.state_dict().items(), probed.state_dict().values(), strict=True):
         assert torch.equal(a, b), name
     with open_run(tmp_path / "run.h5") as run:
         assert run.stream(0).steps.tolist() == list(range(25))

@@ -61,7 +61,7 @@ def _owners_in(root: nn.Module) -> dict[int, _Owner]:
     owners: dict[int, _Owner] = {}
     for mod_name, module in root.named_modules(remove_duplicate=True):
         if torch.nn.utils.parametrize.is_parametrized(module):
-            for tensor_name, plist in module.parametrizations.items():  # type: ignore[union-attr]
+            for tensor_name, plist in module.parametrizations.items():
                 original = getattr(plist, "original", None)
                 if isinstance(original, torch.Tensor):
                     owners.setdefault(id(original), _Owner(
@@ -88,7 +88,7 @@ def _parametrize_mask(plist: nn.Module) -> MaskGetter | None:
 
 def _attr_getter(obj: object, attr: str) -> MaskGetter:
     # Fetched at every step: pruning again replaces the buffer object.
-    return lambda: getattr(obj, attr)  # type: ignore[no-any-return]
+    return lambda: getattr(obj, attr)
 
 
 def discover_roots() -> list[nn.Module]:

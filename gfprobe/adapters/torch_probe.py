@@ -152,7 +152,7 @@ class Probe:
             stream.skipped.append(int(skipped))
             if len(stream.rows) >= BATCH_STEPS or time.monotonic() - stream.last_flush >= FLUSH_SECONDS:
                 self._flush(stream)
-        except Exception as exc:  # noqa: BLE001 - the probe must never raise into training
+        except Exception as exc:
             self._fail(exc)
 
     def _wants(self, optimizer: torch.optim.Optimizer) -> bool:
@@ -176,10 +176,7 @@ class Probe:
         if not stream.rows:
             return
         stats: np.ndarray | Callable[[], np.ndarray]
-        if isinstance(stream.kernel, DeviceStats):
-            stats = _async_to_host(stream.rows)
-        else:
-            stats = np.stack(stream.rows)
+        stats = _async_to_host(stream.rows) if isinstance(stream.kernel, DeviceStats) else np.stack(stream.rows)
         self._recorder.add_block(PendingBlock(
             stream.index, np.asarray(stream.steps, dtype=np.int64), np.asarray(stream.times),
             np.asarray(stream.skipped, dtype=np.uint8), stats))
@@ -209,7 +206,7 @@ class Probe:
             return result
 
         step.__wrapped__ = original  # type: ignore[attr-defined]
-        scaler_cls.step = step  # type: ignore[method-assign]
+        scaler_cls.step = step  # type: ignore[method-assign,assignment]
         self._scaler_original = original
         self._scaler_wrapper = step
 
@@ -218,7 +215,7 @@ class Probe:
             return
         # Restore only if nothing patched on top of us since; otherwise our wrapper stays in the
         # chain and passes through, because this probe is no longer active.
-        if torch.amp.GradScaler.step is self._scaler_wrapper:
+        if torch.amp.GradScaler.step is self._scaler_wrapper:  # type: ignore[comparison-overlap]
             torch.amp.GradScaler.step = self._scaler_original  # type: ignore[method-assign]
         self._scaler_original = None
 
@@ -228,7 +225,7 @@ def _async_to_host(rows: list[torch.Tensor]) -> Callable[[], np.ndarray]:
     stacked = torch.stack(rows)
     host = torch.empty(stacked.shape, dtype=stacked.dtype, pin_memory=True)
     host.copy_(stacked, non_blocking=True)
-    done = torch.cuda.Event()
+    done = torch.cuda.Event()  # type: ignore[no-untyped-call]
     done.record()
 
     def wait() -> np.ndarray:

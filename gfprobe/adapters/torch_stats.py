@@ -163,8 +163,8 @@ class DeviceStats:
         if masked:
             masks = [self._tracked[present[j]].mask() for j in masked]  # type: ignore[misc]
             effective = torch._foreach_mul([grads[j] for j in masked],
-                                           [m.to(grads[j].dtype) for j, m in zip(masked, masks)])
-            out[4:8].index_copy_(1, self._index([present[j] for j in masked]), self._four(effective))
+                                           [m.to(grads[j].dtype) for j, m in zip(masked, masks, strict=True)])
+            out[4:8].index_copy_(1, self._index([present[j] for j in masked]), self._four(list(effective)))
         return out
 
 

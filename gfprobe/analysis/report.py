@@ -69,7 +69,8 @@ def weight_layer_stats(stream: StreamData) -> tuple[LayerStats, list[int]]:
     rows = ~stream.skipped
 
     def take(name: str) -> np.ndarray:
-        return stream.stats[name][rows][:, cols]
+        block: np.ndarray = stream.stats[name][rows][:, cols]
+        return block
 
     return LayerStats(take("sumsq"), take("sum_abs"), take("masked_sumsq"),
                       take("masked_sum_abs"), take("active")), [int(c) for c in cols]

@@ -8,6 +8,7 @@ step, so launchers, DataLoader workers and other ranks never create one.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import importlib.abc
 import importlib.machinery
 import json
@@ -30,8 +31,8 @@ def install(config_json: str) -> None:
         return  # torchrun: rank 0 records
     if config.get("metrics"):
         patterns = [(name, re.compile(rx)) for name, rx in config["metrics"].items()]
-        sys.stdout = MetricTee(sys.stdout, patterns)  # type: ignore[assignment]
-        sys.stderr = MetricTee(sys.stderr, patterns)  # type: ignore[assignment]
+        sys.stdout = MetricTee(sys.stdout, patterns)
+        sys.stderr = MetricTee(sys.stderr, patterns)
     if "torch" in sys.modules:
         _attach(config)
     else:
@@ -96,7 +97,7 @@ class _AfterImport(importlib.abc.MetaPathFinder):
             original_exec(module)
             try:
                 callback(module)
-            except Exception as exc:  # noqa: BLE001 - recording is optional, the import is not
+            except Exception as exc:
                 sys.stderr.write(f"gfprobe: recording disabled: {type(exc).__name__}: {exc}\n")
 
         loader.exec_module = exec_module  # type: ignore[method-assign]
@@ -114,10 +115,8 @@ class MetricTee:
 
     def write(self, text: str) -> int:
         written: int = self._stream.write(text)
-        try:
+        with contextlib.suppress(Exception):
             self._scan(text)
-        except Exception:  # noqa: BLE001, S110 - a metric we cannot parse must not break printing
-            pass
         return written
 
     def _scan(self, text: str) -> None:
@@ -127,10 +126,8 @@ class MetricTee:
             for name, pattern in self._patterns:
                 match = pattern.search(line)
                 if match:
-                    try:
-                        session.log(**{name: float(match.group(1))})
-                    except ValueError:
-                        pass
+                    with contextlib.suppress(ValueError):
+                        session.log_values({name: float(match.group(1))})
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._stream, name)

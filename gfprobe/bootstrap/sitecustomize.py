@@ -11,7 +11,7 @@ if os.environ.get("GFPROBE_RECORD"):
         from gfprobe.bootstrap.autoattach import install
 
         install(os.environ["GFPROBE_RECORD"])
-    except Exception as exc:  # noqa: BLE001 - never stop the user's program from starting
+    except Exception as exc:
         sys.stderr.write(f"gfprobe: cannot record in this Python ({sys.executable}): {exc}\n")
 
 

@@ -7,6 +7,7 @@ HDF5 call, and every wait for a device-to-host copy, happens on the writer threa
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import queue
@@ -119,7 +120,7 @@ class Recorder:
                 continue  # drain without writing: recording stopped, training must not block
             try:
                 writer = self._handle(item, writer, early_metrics)
-            except BaseException as exc:  # noqa: BLE001 - any failure stops recording, never training
+            except BaseException as exc:
                 self._fail(exc, writer)
 
     def _handle(self, item: tuple[Any, ...], writer: RunWriter | None, early: list[Any]) -> RunWriter | None:
@@ -160,10 +161,8 @@ class Recorder:
         log.warning("gfprobe: recording stopped after an internal error (%s: %s); training goes on",
                     type(exc).__name__, exc)
         if writer is not None:
-            try:
+            with contextlib.suppress(BaseException):
                 writer.close("failed", {"end_time": _iso(time.time()), "error": f"{type(exc).__name__}: {exc}"})
-            except BaseException:  # noqa: BLE001 - already reporting the first failure
-                pass
 
 
 def _iso(t: float) -> str:

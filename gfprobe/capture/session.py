@@ -6,6 +6,7 @@ anywhere in a script that ``gfprobe record`` wraps, without a handle being passe
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from numbers import Real
 
 from gfprobe.capture.recorder import Recorder
@@ -37,6 +38,11 @@ def log(step: int | None = None, **metrics: float) -> None:
         if not isinstance(value, Real) or isinstance(value, bool):
             raise ConfigError(f"gfprobe.log: metric {name}={value!r} is not a number")
         values[name] = float(value)
+    log_values(values, step)
+
+
+def log_values(values: Mapping[str, float], step: int | None = None) -> None:
+    """Like ``log``, for metric names that are not keyword-friendly (``step``, ``top-1``)."""
     if step is not None and (not isinstance(step, int) or step < 0):
         raise ConfigError(f"gfprobe.log: step must be a non-negative int, got step={step!r}")
     for recorder in list(_active):

@@ -27,7 +27,7 @@ def describe(path: Path) -> dict[str, Any]:
                             "mask_source": ms}
                            for n, s, k, kind, mt, ms in zip(params.names, params.shapes, params.numel,
                                                              params.kinds, params.module_types,
-                                                             params.mask_sources)],
+                                                             params.mask_sources, strict=True)],
             })
         metrics = {name: {"count": int(m.values.size), "last": float(m.values[-1]) if m.values.size else None}
                    for name, m in run.metrics().items()}

@@ -22,9 +22,9 @@ def load_mnist1d(seed: int) -> tuple[torch.Tensor, ...]:
     args = get_dataset_args()
     args.seed = seed
     data = make_dataset(args)
-    as_x = lambda a: torch.tensor(a, dtype=torch.float32)  # noqa: E731
-    as_y = lambda a: torch.tensor(a, dtype=torch.long)  # noqa: E731
-    return as_x(data["x"]), as_y(data["y"]), as_x(data["x_test"]), as_y(data["y_test"])
+    f32, i64 = torch.float32, torch.long
+    return (torch.tensor(data["x"], dtype=f32), torch.tensor(data["y"], dtype=i64),
+            torch.tensor(data["x_test"], dtype=f32), torch.tensor(data["y_test"], dtype=i64))
 
 
 def build_mlp(inputs: int, hidden: int, layers: int, classes: int, density: float) -> nn.Sequential:
@@ -37,7 +37,7 @@ def build_mlp(inputs: int, hidden: int, layers: int, classes: int, density: floa
     if density < 1.0:
         for module in model:
             if isinstance(module, nn.Linear):
-                prune.random_unstructured(module, "weight", amount=1.0 - density)
+                prune.random_unstructured(module, "weight", amount=1.0 - density)  # type: ignore[no-untyped-call]
     return model
 
 
@@ -71,7 +71,7 @@ def main() -> None:
     for epoch in range(1, args.epochs + 1):
         for xb, yb in loader:
             optimizer.zero_grad()
-            nn.functional.cross_entropy(model(xb), yb).backward()
+            nn.functional.cross_entropy(model(xb), yb).backward()  # type: ignore[no-untyped-call]
             optimizer.step()
         acc, loss = evaluate(model, x_test, y_test)
         gfprobe.log(test_acc=acc, test_loss=loss)

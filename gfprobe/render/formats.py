@@ -38,7 +38,7 @@ def sparkline(values: np.ndarray, width: int = 16) -> str:
     levels = np.array([b.mean() for b in bins])
     lo, hi = levels.min(), levels.max()
     scaled = np.zeros_like(levels) if hi - lo < 1e-12 else (levels - lo) / (hi - lo)
-    return "".join(_BARS[int(round(s * (len(_BARS) - 1)))] for s in scaled)
+    return "".join(_BARS[round(s * (len(_BARS) - 1))] for s in scaled)
 
 
 def to_json(payload: Any) -> str:

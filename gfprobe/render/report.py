@@ -67,7 +67,7 @@ def render_table(console: Console, runs: Sequence[RunSummary], per_layer: bool =
     table.add_column("run", overflow="fold")
     for column in ("steps", "layers", "gf_1", "gf_2", "egf_1", "egf_2", "egf_1/N", "egf_2/N"):
         table.add_column(column, justify="right")
-    for label, run in zip(labels, runs):
+    for label, run in zip(labels, runs, strict=True):
         status = "" if run.status == "complete" else f" ({run.status})"
         steps = fmt(run.steps) + (f" +{run.skipped} skipped" if run.skipped else "")
         table.add_row(label + status, steps, fmt(run.layers), *(fmt(run.measures[m]) for m in MEASURES))
@@ -79,13 +79,13 @@ def render_table(console: Console, runs: Sequence[RunSummary], per_layer: bool =
     trend.add_column("egf_2 trend")
     for m in names:
         trend.add_column(m, justify="right")
-    for label, run in zip(labels, runs):
+    for label, run in zip(labels, runs, strict=True):
         cells = [f"{fmt(run.metrics[m]['last'])} / {fmt(run.metrics[m]['best'])}" if m in run.metrics else "–"
                  for m in names]
         trend.add_row(label, sparkline(run.series["egf_2"]), *cells)
     console.print(trend)
     if per_layer:
-        for label, run in zip(labels, runs):
+        for label, run in zip(labels, runs, strict=True):
             header, rows = _layer_rows(run)
             layer_table = Table(title=f"{label}: weight layers", title_justify="left", box=box.SIMPLE_HEAD)
             for i, column in enumerate(header):

@@ -214,7 +214,9 @@ def _open_handle(path: Path) -> h5py.File:
 def _validate(path: Path, f: h5py.File) -> None:
     fmt = _attr(f.attrs.get("format", ""))
     if fmt != schema.FORMAT_NAME:
-        raise RunFileError(f"{path}: an HDF5 file, but not a gfprobe run file (no 'format' attribute '{schema.FORMAT_NAME}')")
+        raise RunFileError(
+            f"{path}: an HDF5 file, but not a gfprobe run file (no 'format' attribute '{schema.FORMAT_NAME}')"
+        )
     version = int(f.attrs.get("schema_version", -1))
     if version > schema.SCHEMA_VERSION:
         raise RunFileError(

@@ -5,7 +5,6 @@ workers, torch.compile, pruning, a long run to be killed, and failure modes.
 """
 
 import argparse
-import sys
 import time
 
 import torch

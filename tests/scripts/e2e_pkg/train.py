@@ -5,8 +5,6 @@ import argparse
 import torch
 from torch import nn
 
-from e2e_pkg import __name__ as _package  # proves the package itself was importable
-
 
 def main() -> None:
     p = argparse.ArgumentParser()
@@ -22,7 +20,7 @@ def main() -> None:
         opt.zero_grad()
         nn.functional.cross_entropy(model(x), y).backward()
         opt.step()
-    print(f"{_package}: done steps={args.steps}", flush=True)
+    print(f"{__package__}: done steps={args.steps}", flush=True)
 
 
 if __name__ == "__main__":
