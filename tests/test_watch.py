@@ -291,3 +291,22 @@ def test_run_is_readable_while_it_is_being_written(tmp_path: Path) -> None:
     with open_run(tmp_path / "run.h5") as run:
         assert run.stream(0).steps.size == torch_probe.BATCH_STEPS + 5
         assert run.metadata["status"] == "complete"
+
+
+def test_bug_internal_failure_mid_run_finalises_the_file_with_the_steps_before_it(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Regression: a failure in the hot path used to leave the file unfinalised ('running')."""
+
+    def schedule(step: int) -> bool:  # user code running inside the probe: fails at step 5
+        return 1 / (5 - step) != 0
+
+    model = make_model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with caplog.at_level(logging.WARNING, logger="gfprobe"), \
+            gfprobe.watch(model, opt, out=tmp_path / "run.h5", every=schedule):
+        train(model, opt, 10)  # recording fails at step 5; training goes on
+    assert sum("recording stopped" in r.getMessage() for r in caplog.records) == 1
+    with open_run(tmp_path / "run.h5") as run:
+        assert run.metadata["status"] == "failed"
+        assert "ZeroDivisionError" in run.metadata["error"]
+        assert run.stream(0).steps.tolist() == [0, 1, 2, 3, 4]

@@ -11,6 +11,7 @@ skipped, with the (unscaled, non-finite) statistics that caused the skip.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import logging
 import os
 import time
@@ -186,11 +187,17 @@ class Probe:
             self._detach()
 
     def _fail(self, exc: BaseException) -> None:
+        """Stop recording for good, keep what was recorded, and let training go on."""
         log.warning("gfprobe: recording stopped after an internal error (%s: %s); training goes on",
                     type(exc).__name__, exc)
+        self._closed = True
         self._detach()
-        self._recorder.failed = exc
-        self._recorder.close("failed")
+        atexit.unregister(self.close)
+        # Rows already computed are valid: keep them. The failed step itself has no row.
+        for stream in list(self._streams.values()):
+            with contextlib.suppress(Exception):
+                self._flush(stream)
+        self._recorder.close("failed", error=f"{type(exc).__name__}: {exc}")
 
     # -- AMP: steps GradScaler skips never reach optimizer.step -----------------------------
     def _patch_grad_scaler(self) -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import atexit
 import contextlib
 import importlib.abc
-import importlib.machinery
 import json
 import os
 import re
@@ -86,8 +85,13 @@ class _AfterImport(importlib.abc.MetaPathFinder):
         if fullname != self._name:
             return None
         sys.meta_path.remove(self)
-        spec = importlib.machinery.PathFinder.find_spec(fullname, path)
-        if spec is None or spec.loader is None:
+        spec = None
+        for finder in sys.meta_path:  # whichever finder would have found it (site-packages, editable, ...)
+            find = getattr(finder, "find_spec", None)
+            spec = find(fullname, path, target) if find else None
+            if spec is not None:
+                break
+        if spec is None or spec.loader is None or not hasattr(spec.loader, "exec_module"):
             return spec
         loader = spec.loader
         original_exec = loader.exec_module
@@ -100,7 +104,7 @@ class _AfterImport(importlib.abc.MetaPathFinder):
             except Exception as exc:
                 sys.stderr.write(f"gfprobe: recording disabled: {type(exc).__name__}: {exc}\n")
 
-        loader.exec_module = exec_module  # type: ignore[method-assign]
+        loader.exec_module = exec_module
         return spec
 
 

@@ -96,14 +96,14 @@ class Recorder:
     def elapsed(self) -> float:
         return time.time() - self.start_time
 
-    def close(self, status: str = "complete", timeout: float = 60.0) -> Path | None:
+    def close(self, status: str = "complete", timeout: float = 60.0, error: str | None = None) -> Path | None:
         """Write everything queued, stamp the final status, and stop the writer thread."""
         if self._closed:
             return self.path
         self._closed = True
         if self._thread is None:
             return None
-        self._queue.put(("close", status))
+        self._queue.put(("close", status, error))
         self._queue.put(_STOP)
         self._thread.join(timeout)
         return self.path
@@ -139,7 +139,8 @@ class Recorder:
             else:
                 writer.append_metrics(item[1])
         elif kind == "close" and writer is not None:
-            writer.close(item[1], {"end_time": _iso(time.time())})
+            end = {"end_time": _iso(time.time()), **({"error": item[2]} if item[2] else {})}
+            writer.close(item[1], end)
             return None
         if writer is not None and self._queue.empty():
             writer.flush()  # one flush per burst: readers see data within a flush interval
