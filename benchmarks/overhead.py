@@ -113,6 +113,14 @@ def make_side(name: str) -> Side:
     return Side(name, model, torch.optim.Adam(model.parameters(), lr=1e-3))
 
 
+def settle(seconds: float) -> None:
+    """Between blocks, untimed: collect garbage and let helper threads that spin after their
+    last task (OpenMP, OpenBLAS) go idle, so no block pays for the block before it."""
+    gc.collect()
+    if seconds > 0:
+        time.sleep(seconds)
+
+
 def _summary(values: list[float]) -> dict[str, float]:
     return {"median": statistics.median(values), "min": min(values), "max": max(values)}
 
@@ -145,7 +153,7 @@ def run_benchmark(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         for round_index in range(args.blocks):
             order = sides if round_index % 2 == 0 else sides[::-1]
             for side in order:
-                gc.collect()  # outside the timed block: no side pays for another's garbage
+                settle(args.settle)
                 side.block_seconds.append(side.run(data, args.block_steps))
     finally:
         path = probe.close()
@@ -164,7 +172,7 @@ def run_benchmark(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     results: dict[str, Any] = {
         "config": {
             "blocks": args.blocks, "block_steps": args.block_steps, "warmup": args.warmup,
-            "threads": args.threads, "every": args.every, "batch": BATCH,
+            "threads": args.threads, "every": args.every, "settle": args.settle, "batch": BATCH,
             "model": f"MLP {IN_FEATURES}->{HIDDEN}x{DEPTH}->{CLASSES}",
             "params": sum(p.numel() for p in plain.model.parameters()),
             "order": "alternating: even rounds " + ",".join(s.name for s in sides)
@@ -188,7 +196,7 @@ def run_benchmark(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         },
     }
     for side in sides[1:]:
-        ratios = [r / p for r, p in zip(side.block_seconds, plain.block_seconds)]
+        ratios = [r / p for r, p in zip(side.block_seconds, plain.block_seconds, strict=True)]
         results["ratios"][side.name] = dict(_summary(ratios), blocks=ratios)
     gf = results["ratios"]["gfprobe"]
     results["target"] = TARGET
@@ -204,7 +212,7 @@ def render(results: dict[str, Any]) -> str:
         f"{cfg['model']} ({cfg['params']:,} params), batch {cfg['batch']}, Adam, "
         f"{cfg['threads']} threads, every={cfg['every']}",
         f"{cfg['blocks']} rounds x {cfg['block_steps']} steps per side, "
-        f"warm-up {cfg['warmup']} steps; order alternates each round",
+        f"warm-up {cfg['warmup']} steps, {cfg['settle']} s settle; order alternates each round",
         "",
         f"{'side':<12}{'ms/step':>9}{'ratio':>9}{'min':>8}{'max':>8}",
         f"{'plain':<12}{ms['plain']['median']:>9.2f}{'1.000':>9}{'':>8}{'':>8}",
@@ -242,6 +250,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="torch.set_num_threads (default 2)")
     parser.add_argument("--every", type=int, default=1,
                         help="record every N-th step, gfprobe and Lightning-style (default 1)")
+    parser.add_argument("--settle", type=float, default=0.2,
+                        help="untimed pause in seconds before each block (default 0.2)")
     parser.add_argument("--no-lightning", action="store_true",
                         help="skip the Lightning-style comparison side")
     parser.add_argument("--out-json", type=Path, default=None,
@@ -250,6 +260,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for name in ("blocks", "block_steps", "warmup", "threads", "every"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1: {getattr(args, name)}")
+    if args.settle < 0:
+        parser.error(f"--settle must not be negative: {args.settle}")
     if args.blocks < 9:
         parser.error(f"--blocks must be at least 9 for a meaningful median: {args.blocks}")
     return args

@@ -145,13 +145,14 @@ class Probe:
             stream.step += 1
             if stream.index == 0:
                 self._recorder.current_step = stream.step
-            if not self._schedule(step):
-                return
-            stream.rows.append(stream.kernel.row())
-            stream.steps.append(step)
-            stream.times.append(self._recorder.elapsed())
-            stream.skipped.append(int(skipped))
-            if len(stream.rows) >= BATCH_STEPS or time.monotonic() - stream.last_flush >= FLUSH_SECONDS:
+            if self._schedule(step):
+                stream.rows.append(stream.kernel.row())
+                stream.steps.append(step)
+                stream.times.append(self._recorder.elapsed())
+                stream.skipped.append(int(skipped))
+            # Checked at every step, recorded or not, so a row waits at most FLUSH_SECONDS.
+            if stream.rows and (len(stream.rows) >= BATCH_STEPS
+                                or time.monotonic() - stream.last_flush >= FLUSH_SECONDS):
                 self._flush(stream)
         except Exception as exc:
             self._fail(exc)

@@ -28,17 +28,19 @@ def install(config_json: str) -> None:
     config = json.loads(config_json)
     if os.environ.get("RANK", "0") not in ("", "0"):
         return  # torchrun: rank 0 records
+    tees: list[MetricTee] = []
     if config.get("metrics"):
         patterns = [(name, re.compile(rx)) for name, rx in config["metrics"].items()]
         sys.stdout = MetricTee(sys.stdout, patterns)
         sys.stderr = MetricTee(sys.stderr, patterns)
+        tees = [sys.stdout, sys.stderr]
     if "torch" in sys.modules:
-        _attach(config)
+        _attach(config, tees)
     else:
-        sys.meta_path.insert(0, _AfterImport("torch", lambda _m: _attach(config)))
+        sys.meta_path.insert(0, _AfterImport("torch", lambda _m: _attach(config, tees)))
 
 
-def _attach(config: dict[str, Any]) -> None:
+def _attach(config: dict[str, Any], tees: list[MetricTee]) -> None:
     from gfprobe.adapters.torch_probe import Probe, run_metadata
     from gfprobe.capture.recorder import Recorder
 
@@ -48,12 +50,21 @@ def _attach(config: dict[str, Any]) -> None:
         config.get("attrs", {}),
     )
     probe = Probe(recorder, every=int(config["every"]), masks=config["masks"]).start()
-    _finalise_on_exit(probe)
+    _finalise_on_exit(probe, tees)
 
 
-def _finalise_on_exit(probe: Any) -> None:
-    """Stamp how the process ended: an uncaught exception or SIGTERM is not 'complete'."""
+def _finalise_on_exit(probe: Any, tees: list[MetricTee]) -> None:
+    """Stamp how the process ended: an uncaught exception or SIGTERM is not 'complete'.
+
+    A last output line without a newline is scanned for metrics before the file closes.
+    """
     outcome = {"status": "complete"}
+
+    def close(status: str) -> None:
+        for tee in tees:
+            tee.end()
+        probe.close(status)
+
     previous_hook = sys.excepthook
 
     def excepthook(kind: type[BaseException], value: BaseException, tb: Any) -> None:
@@ -62,12 +73,12 @@ def _finalise_on_exit(probe: Any) -> None:
 
     sys.excepthook = excepthook
     atexit.unregister(probe.close)
-    atexit.register(lambda: probe.close(outcome["status"]))
+    atexit.register(lambda: close(outcome["status"]))
     if threading.current_thread() is threading.main_thread() and \
             signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None):
 
         def on_term(signum: int, _frame: FrameType | None) -> None:
-            probe.close("interrupted")
+            close("interrupted")
             signal.signal(signum, signal.SIG_DFL)
             os.kill(os.getpid(), signum)  # die of SIGTERM as the process would have
 
@@ -122,6 +133,12 @@ class MetricTee:
         with contextlib.suppress(Exception):
             self._scan(text)
         return written
+
+    def end(self) -> None:
+        """Scan a final line that never got its newline."""
+        if self._partial:
+            with contextlib.suppress(Exception):
+                self._scan("\n")
 
     def _scan(self, text: str) -> None:
         lines = re.split(r"[\r\n]", self._partial + text)
