@@ -13,10 +13,15 @@ Each kernel turns the gradients an optimizer is about to consume into one statis
 
 from __future__ import annotations
 
+import ctypes
+import glob
 import math
-from collections.abc import Sequence
+import os
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 
 import numpy as np
+import scipy
 import torch
 from scipy.linalg import blas
 
@@ -29,6 +34,39 @@ _BLAS = {
     np.dtype(np.float32): (blas.sasum, blas.sdot, blas.isamax),
     np.dtype(np.float64): (blas.dasum, blas.ddot, blas.idamax),
 }
+
+
+def _openblas_thread_setter() -> Callable[[int], int] | None:
+    """scipy's bundled OpenBLAS ``openblas_set_num_threads_local`` (None if scipy uses another BLAS).
+
+    OpenBLAS threads level-1 routines on large vectors; its worker threads then spin against
+    torch's own intra-op threads, which measured here made a training step ~4x slower.
+    """
+    libs = os.path.join(os.path.dirname(scipy.__file__), os.pardir, "scipy.libs", "libscipy_openblas*.so*")
+    for path in sorted(glob.glob(libs)):
+        try:
+            setter = ctypes.CDLL(path).openblas_set_num_threads_local
+        except (OSError, AttributeError):
+            continue
+        setter.argtypes, setter.restype = [ctypes.c_int], ctypes.c_int
+        return setter
+    return None
+
+
+_SET_BLAS_THREADS = _openblas_thread_setter()
+
+
+@contextmanager
+def _single_threaded_blas() -> Iterator[None]:
+    """One BLAS thread for gfprobe's calls only: the setting is thread-local and restored."""
+    if _SET_BLAS_THREADS is None:
+        yield
+        return
+    previous = _SET_BLAS_THREADS(1)
+    try:
+        yield
+    finally:
+        _SET_BLAS_THREADS(previous)
 
 
 class _ActiveCounts:
@@ -77,6 +115,10 @@ class CpuStats:
         self._buffers: dict[int, np.ndarray] = {}
 
     def row(self) -> np.ndarray:
+        with _single_threaded_blas():
+            return self._row()
+
+    def _row(self) -> np.ndarray:
         out = np.zeros((N_FIELDS, len(self._tracked)), dtype=np.float64)
         for i, t in enumerate(self._tracked):
             grad = t.param.grad
