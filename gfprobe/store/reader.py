@@ -102,7 +102,35 @@ class RunFile:
 
     @property
     def n_records(self) -> int:
-        return int(self._f["steps"]["step"].shape[0])
+        """Recorded steps of all streams, the rows still in the tail of a running file included."""
+        return self._table_extent([f"steps/{c}" for c in schema.STEP_COLUMNS], schema.RECORDS_TAIL_ROW)[2]
+
+    def _table_extent(self, paths: list[str], tail_row: str) -> tuple[int, int, int]:
+        """(rows in the compressed datasets, tail slots that continue them, total) of a table.
+
+        A SWMR reader may see one column extended before its neighbours: trust the shortest.
+        Tail slots count only where their row index continues the compressed rows (see
+        store/table.py), so a reader that catches a flush half done sees fewer rows, never wrong ones.
+        """
+        n_main = min(self._f[path].shape[0] for path in paths)
+        tail = self._f.get(schema.TAIL_GROUP)
+        if tail is None or tail_row not in tail:
+            return n_main, 0, n_main
+        rows = tail[tail_row][:]
+        continues = rows == n_main + np.arange(len(rows))
+        n_tail = len(rows) if continues.all() else int(np.argmin(continues))
+        n_tail = min([n_tail, *(tail[path].shape[0] for path in paths)])
+        return n_main, n_tail, n_main + n_tail
+
+    def _rows(self, path: str, n_main: int, n_tail: int, cells: slice = slice(None)) -> np.ndarray:
+        """Rows of one column (cells ``cells`` of a wide one): compressed rows, then the tail's."""
+        main = self._f[path]
+        first = main[:n_main, cells] if main.ndim == 2 else main[:n_main]
+        if not n_tail:
+            return np.asarray(first)
+        tail = self._f[schema.TAIL_GROUP][path]
+        rest = tail[:n_tail, cells] if tail.ndim == 2 else tail[:n_tail]
+        return np.concatenate([first, rest])
 
     def stream_names(self) -> list[str]:
         return _text(self._f["streams"]["optimizer"][:])
@@ -137,40 +165,41 @@ class RunFile:
         unknown = set(fields) - set(schema.STAT_FIELDS)
         if unknown:
             raise RunFileError(f"unknown statistic {sorted(unknown)}; known: {', '.join(schema.STAT_FIELDS)}")
-        steps = self._f["steps"]
-        # A SWMR reader may see a dataset extended before its neighbours: trust the shortest.
-        n = min(steps[c].shape[0] for c in schema.STEP_COLUMNS)
-        n = min([n, *(self._f["stats"][f].shape[0] for f in fields)])
-        rows = np.flatnonzero(steps["stream"][:n] == index)
+        paths = [f"steps/{c}" for c in schema.STEP_COLUMNS] + [f"stats/{f}" for f in fields]
+        n_main, n_tail, _ = self._table_extent(paths, schema.RECORDS_TAIL_ROW)
+
+        def column(path: str, cells: slice = slice(None)) -> np.ndarray:
+            return self._rows(path, n_main, n_tail, cells)
+
+        rows = np.flatnonzero(column("steps/stream") == index)
         cols = self._stream_columns(index)
         names = self.stream_names()
         stats: dict[str, np.ndarray] = {}
         for field in fields:
-            ds = self._f["stats"][field]
             if len(cols) and len(rows):
-                block = ds[: n, int(cols[0]) : int(cols[-1]) + 1]
+                block = column(f"stats/{field}", slice(int(cols[0]), int(cols[-1]) + 1))
                 stats[field] = block[rows][:, cols - cols[0]]
             else:
-                stats[field] = np.zeros((len(rows), len(cols)), dtype=ds.dtype)
+                stats[field] = np.zeros((len(rows), len(cols)), dtype=schema.stat_dtype(field))
         return StreamData(
             index=index,
             optimizer=names[index] if index < len(names) else "",
             params=self.params(index),
-            steps=steps["step"][:n][rows].astype(np.int64),
-            times=steps["time"][:n][rows],
-            skipped=steps["skipped"][:n][rows].astype(bool),
+            steps=column("steps/step")[rows].astype(np.int64),
+            times=column("steps/time")[rows],
+            skipped=column("steps/skipped")[rows].astype(bool),
             stats=stats,
         )
 
     def metrics(self) -> dict[str, Metric]:
-        m = self._f["metrics"]
-        names = _text(m["names"][:])
-        n = min(m[c].shape[0] for c in schema.METRIC_COLUMNS)
-        ids = m["name_id"][:n]
+        names = _text(self._f["metrics"]["names"][:])
+        paths = [f"metrics/{c}" for c in schema.METRIC_COLUMNS]
+        n_main, n_tail, _ = self._table_extent(paths, schema.METRICS_TAIL_ROW)
+        columns = {c: self._rows(f"metrics/{c}", n_main, n_tail) for c in schema.METRIC_COLUMNS}
         out: dict[str, Metric] = {}
         for i, name in enumerate(names):
-            sel = ids == i
-            out[name] = Metric(name, m["step"][:n][sel], m["time"][:n][sel], m["value"][:n][sel])
+            sel = columns["name_id"] == i
+            out[name] = Metric(name, columns["step"][sel], columns["time"][sel], columns["value"][sel])
         return out
 
 

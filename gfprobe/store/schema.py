@@ -53,9 +53,18 @@ METRIC_NAME_DTYPE = np.dtype("S128")
 PARAM_KINDS = ("weight", "bias", "norm", "other")
 MASK_SOURCES = ("none", "prune", "parametrize", "explicit", "zeros")
 
-ROW_CHUNK = 512
+# Row-growing tables: "records" (the /steps columns and the /stats fields, one row per recorded
+# step) and "metrics". While a run goes on, their compressed datasets only receive whole chunks
+# of ROW_CHUNK rows; the rows after the last whole chunk sit in the same paths under the
+# uncompressed /tail group (see table.py for why), whose row-index columns RECORDS_TAIL_ROW and
+# METRICS_TAIL_ROW give each slot's absolute row (-1: unused). A cleanly closed file has no /tail.
+ROW_CHUNK = 256
 COL_CHUNK = 32
+TAIL_ROW_CHUNK = 16  # tail chunks are allocated only as far as rows reach
 COMPRESSION = {"compression": "gzip", "compression_opts": 4, "shuffle": True}
+TAIL_GROUP = "tail"
+RECORDS_TAIL_ROW = "steps/row"
+METRICS_TAIL_ROW = "metrics/row"
 
 
 def stat_dtype(field: str) -> np.dtype[np.generic]:

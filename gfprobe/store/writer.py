@@ -20,6 +20,7 @@ import h5py
 import numpy as np
 
 from gfprobe.store import schema
+from gfprobe.store.table import Column, GrowingTable, create_table
 
 
 @dataclass(frozen=True)
@@ -65,8 +66,22 @@ def _attr_value(value: Any) -> Any:
     return json.dumps(value, default=str)
 
 
+def _record_columns() -> list[Column]:
+    steps = [Column(f"steps/{name}", dtype) for name, dtype in schema.STEP_COLUMNS.items()]
+    stats = [Column(f"stats/{field}", schema.stat_dtype(field), schema.stat_fill(field), wide=True)
+             for field in schema.STAT_FIELDS]
+    return steps + stats
+
+
+def _metric_columns() -> list[Column]:
+    return [Column(f"metrics/{name}", dtype) for name, dtype in schema.METRIC_COLUMNS.items()]
+
+
 class RunWriter:
-    """Creates a run file and appends to it. Not thread-safe: one thread owns it."""
+    """Creates a run file and appends to it. Not thread-safe: one thread owns it.
+
+    Appends are buffered; :meth:`flush` makes them durable and visible to readers.
+    """
 
     def __init__(self, path: Path, metadata: Mapping[str, Any], attrs: Mapping[str, Any]) -> None:
         self.path = path
@@ -83,36 +98,26 @@ class RunWriter:
             user.attrs[key] = _attr_value(value)
         self._create_layout()
         self._file.swmr_mode = True
+        self._records = GrowingTable(self._file, _record_columns(), schema.RECORDS_TAIL_ROW)
+        self._metrics = GrowingTable(self._file, _metric_columns(), schema.METRICS_TAIL_ROW)
         self._n_params = 0
-        self._n_records = 0
-        self._n_metrics = 0
         self._metric_ids: dict[str, int] = {}
         self._stream_cols: list[tuple[int, int]] = []
 
     def _create_layout(self) -> None:
         f = self._file
-        for group, columns in (
-            ("params", schema.PARAM_COLUMNS),
-            ("streams", schema.STREAM_COLUMNS),
-            ("steps", schema.STEP_COLUMNS),
-            ("metrics", schema.METRIC_COLUMNS),
-        ):
+        for group, columns in (("params", schema.PARAM_COLUMNS), ("streams", schema.STREAM_COLUMNS)):
             g = f.create_group(group)
             for name, dtype in columns.items():
                 g.create_dataset(
                     name, shape=(0,), maxshape=(None,), dtype=dtype, chunks=(schema.ROW_CHUNK,),
                     **schema.COMPRESSION,
                 )
+        create_table(f, _record_columns(), schema.RECORDS_TAIL_ROW)
+        create_table(f, _metric_columns(), schema.METRICS_TAIL_ROW)
         f["metrics"].create_dataset(
             "names", shape=(0,), maxshape=(None,), dtype=schema.METRIC_NAME_DTYPE, chunks=(64,)
         )
-        stats = f.create_group("stats")
-        for field in schema.STAT_FIELDS:
-            stats.create_dataset(
-                field, shape=(0, 0), maxshape=(None, None), dtype=schema.stat_dtype(field),
-                chunks=(schema.ROW_CHUNK, schema.COL_CHUNK), fillvalue=schema.stat_fill(field),
-                **schema.COMPRESSION,
-            )
 
     # -- growth -------------------------------------------------------------------------------
     def add_stream(self, optimizer: str, params: Sequence[ParamInfo]) -> int:
@@ -131,9 +136,7 @@ class RunWriter:
         }
         for name, values in columns.items():
             _append(self._file["params"][name], values)
-        for field in schema.STAT_FIELDS:
-            ds = self._file["stats"][field]
-            ds.resize((ds.shape[0], last))
+        self._records.widen(last)
         self._n_params = last
         self._stream_cols.append((first, last))
         return stream
@@ -142,45 +145,45 @@ class RunWriter:
         n = len(block.steps)
         if n == 0:
             return
-        start, stop = self._n_records, self._n_records + n
-        steps = self._file["steps"]
-        _append(steps["stream"], np.full(n, block.stream, dtype="i2"))
-        _append(steps["step"], block.steps)
-        _append(steps["time"], block.times)
-        _append(steps["skipped"], block.skipped)
-        first, last = self._stream_cols[block.stream]
+        values: dict[str, np.ndarray] = {
+            "steps/stream": np.full(n, block.stream), "steps/step": block.steps,
+            "steps/time": block.times, "steps/skipped": block.skipped,
+        }
         for index, field in enumerate(schema.STAT_FIELDS):
-            ds = self._file["stats"][field]
-            ds.resize((stop, self._n_params))
-            ds[start:stop, first:last] = block.stats[:, index, :].astype(ds.dtype, copy=False)
-        self._n_records = stop
+            values[f"stats/{field}"] = block.stats[:, index, :]
+        self._records.append(values, first_cell=self._stream_cols[block.stream][0])
 
     def append_metrics(self, rows: Sequence[tuple[str, int, float, float]]) -> None:
         """Append (name, step, time, value) rows."""
         if not rows:
             return
-        metrics = self._file["metrics"]
         ids = []
         for name, *_ in rows:
             if name not in self._metric_ids:
                 self._metric_ids[name] = len(self._metric_ids)
-                _append(metrics["names"], [_encode(name, schema.METRIC_NAME_DTYPE)])
+                _append(self._file["metrics"]["names"], [_encode(name, schema.METRIC_NAME_DTYPE)])
             ids.append(self._metric_ids[name])
-        _append(metrics["name_id"], ids)
-        _append(metrics["step"], [r[1] for r in rows])
-        _append(metrics["time"], [r[2] for r in rows])
-        _append(metrics["value"], [r[3] for r in rows])
+        self._metrics.append({"metrics/name_id": np.asarray(ids), "metrics/step": np.array([r[1] for r in rows]),
+                              "metrics/time": np.array([r[2] for r in rows]),
+                              "metrics/value": np.array([r[3] for r in rows])})
 
     def flush(self) -> None:
+        """Make every appended row durable and visible to SWMR readers."""
+        self._records.flush()
+        self._metrics.flush()
         self._file.flush()
 
     def close(self, status: str, end_metadata: Mapping[str, Any]) -> None:
-        """Close, then reopen outside SWMR to stamp the final status (SWMR forbids attributes)."""
+        """Write the last rows, then reopen outside SWMR (which forbids attributes and deletions)
+        to stamp the final status and drop the tail, which no longer holds any row."""
+        self._records.flush(final=True)
+        self._metrics.flush(final=True)
         self._file.close()
         with h5py.File(self.path, "r+") as f:
             f.attrs["status"] = status
             for key, value in end_metadata.items():
                 f.attrs[key] = _attr_value(value)
+            del f[schema.TAIL_GROUP]
 
 
 def _append(ds: h5py.Dataset, values: Any) -> None:
