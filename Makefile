@@ -7,7 +7,8 @@ STAMP := $(VENV)/.installed
 
 .PHONY: demo test bench lint clean
 
-$(STAMP): pyproject.toml constraints.txt
+# The C kernel is built at install time: a change to it needs a reinstall too.
+$(STAMP): pyproject.toml setup.py constraints.txt gfprobe/adapters/_gradstats.c
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -qq --upgrade pip
 	$(BIN)/python -m pip install -qq -c constraints.txt -e '.[test]'
@@ -19,7 +20,7 @@ demo: $(STAMP)
 
 ## The whole test suite (slow end-to-end tests included), then lint and types.
 test: $(STAMP)
-	$(BIN)/ruff check gfprobe tests benchmarks
+	$(BIN)/ruff check gfprobe tests benchmarks setup.py
 	$(BIN)/mypy
 	$(BIN)/python -m pytest
 
@@ -28,7 +29,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/overhead.py
 
 lint: $(STAMP)
-	$(BIN)/ruff check gfprobe tests benchmarks
+	$(BIN)/ruff check gfprobe tests benchmarks setup.py
 	$(BIN)/mypy
 
 clean:

@@ -28,7 +28,7 @@ from torch.optim.optimizer import register_optimizer_step_pre_hook
 from torch.utils.hooks import RemovableHandle
 
 from gfprobe.adapters.torch_params import TrackedParam, discover_roots, track
-from gfprobe.adapters.torch_stats import CpuStats, DeviceStats, make_stats
+from gfprobe.adapters.torch_stats import DEFAULT_KERNEL, CpuStats, DeviceStats, make_stats
 from gfprobe.capture import session
 from gfprobe.capture.recorder import PendingBlock, Recorder
 from gfprobe.schedule import Schedule, as_schedule
@@ -265,6 +265,7 @@ def run_metadata(command: list[str]) -> dict[str, Any]:
         "python_version": sys.version.split()[0],
         "gfprobe_version": __version__,
         "torch_version": torch.__version__,
+        "cpu_stats_kernel": DEFAULT_KERNEL,
     }
 
 

@@ -3,10 +3,11 @@
 Each kernel turns the gradients an optimizer is about to consume into one statistics row
 ``[len(STAT_FIELDS), P]`` without synchronising the host with a device:
 
-* CPU: gradients already live in host memory, so the row is computed with BLAS level-1
-  routines (asum, dot, iamax) on zero-copy NumPy views. Measured on a 2-core machine they are
-  3-10x faster than ``torch.linalg.vector_norm`` for ord 1 and inf. The exact non-finite count
-  is only computed when the sum of ``|g|`` is not finite, which is free to test on the host.
+* CPU: the gradients already live in host memory. By the time the optimizer steps they are no
+  longer in the CPU caches, so the cost is the number of passes over their memory. The C
+  kernel ``_gradstats`` reads each gradient once for all eight statistics (raw and masked).
+  Where it was not built (no C compiler at install time) BLAS level-1 routines on zero-copy
+  NumPy views compute the same numbers in three passes.
 * CUDA: a handful of fused multi-tensor (``torch._foreach_norm``) kernels whose results stay on
   the device; the probe copies a whole batch of rows to pinned host memory asynchronously.
 """
@@ -19,6 +20,7 @@ import math
 import os
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from types import ModuleType
 
 import numpy as np
 import scipy
@@ -34,6 +36,21 @@ _BLAS = {
     np.dtype(np.float32): (blas.sasum, blas.sdot, blas.isamax),
     np.dtype(np.float64): (blas.dasum, blas.ddot, blas.idamax),
 }
+_KERNEL_DTYPES = {torch.float32: 0, torch.float64: 1}
+
+
+def _load_native() -> ModuleType | None:
+    try:
+        from gfprobe.adapters import _gradstats  # type: ignore[attr-defined]
+    except ImportError:
+        return None
+    module: ModuleType = _gradstats
+    return module
+
+
+_NATIVE = _load_native()
+KERNELS = ("native", "blas")
+DEFAULT_KERNEL = "native" if _NATIVE is not None else "blas"
 
 
 def _openblas_thread_setter() -> Callable[[int], int] | None:
@@ -86,7 +103,7 @@ class _ActiveCounts:
 
 
 def _host_stats(flat: np.ndarray) -> tuple[float, float, float, float]:
-    """(sum g², sum |g|, max |g|, non-finite count) of a 1-D float array in ~one cache pass."""
+    """(sum g², sum |g|, max |g|, non-finite count) of a 1-D float array with BLAS."""
     asum, dot, iamax = _BLAS[flat.dtype]
     if flat.size == 0:
         return 0.0, 0.0, 0.0, 0.0
@@ -97,51 +114,119 @@ def _host_stats(flat: np.ndarray) -> tuple[float, float, float, float]:
     return float(dot(flat, flat)), sum_abs, float(np.max(np.abs(flat))), float(np.count_nonzero(bad))
 
 
-def _as_flat(grad: torch.Tensor) -> np.ndarray:
+def _is_dense(tensor: torch.Tensor) -> bool:
+    """Its elements fill one block of memory from data_ptr() on, in some order."""
+    return (tensor.is_contiguous() or tensor.is_contiguous(memory_format=torch.channels_last)
+            or tensor.is_contiguous(memory_format=torch.channels_last_3d))
+
+
+def _kernel_input(grad: torch.Tensor, ordered: bool) -> torch.Tensor:
+    """The gradient as a dense float32/float64 tensor the kernels can read as flat memory.
+
+    A view whenever possible. ``ordered``: element order must be the standard (row-major) one,
+    because a mask is applied element by element. Copies happen only for sparse, half-precision
+    or strided gradients, which the hot path of ordinary training does not produce.
+    """
     if grad.is_sparse:
-        grad = grad.coalesce().values()
-    if grad.dtype not in (torch.float32, torch.float64):
+        grad = grad.to_dense() if ordered else grad.coalesce().values()
+    grad = grad.detach()
+    if grad.dtype not in _KERNEL_DTYPES:
         grad = grad.float()
-    array = grad.detach().numpy()
-    return array.ravel(order="K")  # a view for any dense layout, channels-last included
+    if not (grad.is_contiguous() if ordered else _is_dense(grad)):
+        grad = grad.contiguous()
+    return grad
 
 
 class CpuStats:
-    """Statistics of CPU gradients, computed on the host as the step happens."""
+    """Statistics of CPU gradients, computed on the host as the step happens.
 
-    def __init__(self, tracked: Sequence[TrackedParam]) -> None:
+    ``kernel``: ``"native"`` (the one-pass C kernel) or ``"blas"``; the default is the C kernel
+    where it was built.
+    """
+
+    def __init__(self, tracked: Sequence[TrackedParam], kernel: str = DEFAULT_KERNEL) -> None:
+        if kernel not in KERNELS or (kernel == "native" and _NATIVE is None):
+            raise ValueError(f"CPU statistics kernel {kernel!r} is not available here; have {DEFAULT_KERNEL!r}")
         self._tracked = list(tracked)
         self._active = _ActiveCounts(tracked)
+        self._native = _NATIVE if kernel == "native" else None
+        n = len(self._tracked)
+        # The native kernel's argument table, reused every step.
+        self._ptrs = np.zeros(n, dtype=np.uint64)
+        self._lens = np.zeros(n, dtype=np.int64)
+        self._dtypes = np.zeros(n, dtype=np.int8)
+        self._mask_ptrs = np.zeros(n, dtype=np.uint64)
+        # Masks that must be applied here (explicit and zeros masks; prune and parametrize
+        # gradients arrive masked already), as uint8 in row-major order, keyed by their source.
+        self._masks: dict[int, tuple[tuple[int, int], np.ndarray]] = {}
         self._buffers: dict[int, np.ndarray] = {}
 
     def row(self) -> np.ndarray:
-        with _single_threaded_blas():
-            return self._row()
-
-    def _row(self) -> np.ndarray:
         out = np.zeros((N_FIELDS, len(self._tracked)), dtype=np.float64)
+        out[_F["active"]] = self._active.values
         for i, t in enumerate(self._tracked):
-            grad = t.param.grad
-            out[_F["active"], i] = self._active.values[i]
             if t.mask is not None:
                 out[_F["active"], i] = self._active.refresh(i, t.mask())
-            if grad is None:
-                continue
-            flat = _as_flat(grad)
-            raw = _host_stats(flat)
-            out[0:4, i] = raw
-            out[_F["has_grad"], i] = 1.0
-            if t.mask is None or t.grad_is_masked:
-                out[4:8, i] = raw
-            else:
-                out[4:8, i] = _host_stats(self._masked(i, flat, t.mask()))
+            out[_F["has_grad"], i] = t.param.grad is not None
+        if self._native is not None:
+            self._native_rows(out)
+        else:
+            with _single_threaded_blas():
+                self._blas_rows(out)
         return out
 
-    def _masked(self, index: int, flat: np.ndarray, mask: torch.Tensor) -> np.ndarray:
+    def _applied_mask(self, index: int, t: TrackedParam) -> np.ndarray | None:
+        """The mask to apply to this parameter's gradient here, in the form the kernel reads:
+        bits packed 8 to a byte for the C kernel, booleans for BLAS. Prepared again only when the
+        mask tensor changes. None for prune and parametrize, whose gradients arrive masked."""
+        if t.mask is None or t.grad_is_masked:
+            return None
+        source = t.mask()
+        key = (id(source), source._version)
+        cached = self._masks.get(index)
+        if cached is None or cached[0] != key:
+            active = source.detach().to(device="cpu", dtype=torch.bool).contiguous().numpy().ravel()
+            prepared = np.packbits(active, bitorder="little") if self._native is not None else active
+            cached = self._masks[index] = (key, prepared)
+        return cached[1]
+
+    def _native_rows(self, out: np.ndarray) -> None:
+        alive = []  # tensors whose memory the kernel reads: kept referenced until it returns
+        for i, t in enumerate(self._tracked):
+            grad = t.param.grad
+            mask = self._applied_mask(i, t)
+            if grad is None:
+                self._ptrs[i] = self._lens[i] = self._mask_ptrs[i] = 0
+                continue
+            flat = _kernel_input(grad, ordered=mask is not None)
+            alive.append(flat)
+            self._ptrs[i] = flat.data_ptr()
+            self._lens[i] = flat.numel()
+            self._dtypes[i] = _KERNEL_DTYPES[flat.dtype]
+            self._mask_ptrs[i] = 0 if mask is None else mask.ctypes.data
+        n = len(self._tracked)
+        self._native.compute(self._ptrs, self._lens, self._dtypes, self._mask_ptrs, out, n, n)  # type: ignore[union-attr]
+        del alive
+
+    def _blas_rows(self, out: np.ndarray) -> None:
+        for i, t in enumerate(self._tracked):
+            grad = t.param.grad
+            if grad is None:
+                continue
+            mask = self._applied_mask(i, t)
+            flat = _kernel_input(grad, ordered=mask is not None).numpy().ravel(order="K")
+            raw = _host_stats(flat)
+            out[0:4, i] = raw
+            out[4:8, i] = raw if mask is None else _host_stats(self._masked(i, flat, mask))
+
+    def _masked(self, index: int, flat: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        """The active entries of ``flat``, zeros elsewhere (a selection, not a product: a NaN at a
+        masked position belongs to no active weight and must not leak into the masked statistics)."""
         buf = self._buffers.get(index)
         if buf is None or buf.shape != flat.shape or buf.dtype != flat.dtype:
             buf = self._buffers[index] = np.empty_like(flat)
-        np.multiply(flat, mask.detach().numpy().ravel(order="K"), out=buf)
+        buf.fill(0)
+        np.copyto(buf, flat, where=mask)
         return buf
 
 
@@ -204,8 +289,8 @@ class DeviceStats:
                   if self._tracked[i].mask is not None and not self._tracked[i].grad_is_masked]
         if masked:
             masks = [self._tracked[present[j]].mask() for j in masked]  # type: ignore[misc]
-            effective = torch._foreach_mul([grads[j] for j in masked],
-                                           [m.to(grads[j].dtype) for j, m in zip(masked, masks, strict=True)])
+            # A selection, not a product: NaN * 0 would leak a masked entry's NaN (as on the CPU).
+            effective = [torch.where(m.bool(), grads[j], 0.0) for j, m in zip(masked, masks, strict=True)]
             out[4:8].index_copy_(1, self._index([present[j] for j in masked]), self._four(list(effective)))
         return out
 

@@ -1,0 +1,282 @@
+/*
+ * gfprobe's CPU statistics kernel: the hot path of recording on a CPU.
+ *
+ * For each gradient it computes, in ONE pass over memory, the four statistics of the raw
+ * gradient g (sum g^2, sum |g|, max |g|, non-finite count) and, when a mask m is given, the
+ * same four of the effective gradient g * m, over the active entries (a second pass, over memory
+ * still in cache).
+ * Separate BLAS calls (dot, asum, iamax) read the gradient three times; when the optimizer
+ * steps the gradient is no longer in cache, so each extra read costs about as much as the
+ * first. One pass from memory is the physical floor.
+ *
+ * Layout contract (checked by the Python caller, gfprobe/adapters/torch_stats.py):
+ *   ptrs[i]  address of tensor i's first element (float32 or float64, dense, any order)
+ *   lens[i]  number of elements
+ *   dtypes[i] 0 = float32, 1 = float64
+ *   masks[i] 0, or the address of the tensor's mask packed 8 weights to a byte, little bit
+ *            order (bit l of byte k is element 8k+l, as numpy.packbits(..., bitorder="little")),
+ *            in the same element order as the gradient
+ *   out      float64 [8, stride]: out[f * stride + i] for field f in the order of
+ *            gfprobe.store.schema.STAT_FIELDS[0:8] (raw four, then masked four)
+ * The GIL is released while it runs, so gfprobe's writer thread can work meanwhile.
+ *
+ * Precision: float32 values are summed in float32 SIMD lanes over blocks of BLOCK elements,
+ * then the block sums in float64 (relative error ~1e-6, well below what the measures need).
+ * Non-finite values: the fast pass notices them (max |g| reaches the Inf bit pattern) and the
+ * tensor is recomputed exactly by a scalar pass: sums are then NaN/Inf as IEEE arithmetic
+ * gives them, max |g| is NaN if any NaN, and the non-finite entries are counted.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
+#define BLOCK 4096 /* elements summed in float32 lanes before a float64 sum; rounded down to a multiple of the unroll */
+#define ABS_MASK 0x7fffffffu
+#define INF_BITS 0x7f800000
+
+typedef float v8f __attribute__((vector_size(32)));
+typedef int32_t v8i __attribute__((vector_size(32)));
+
+#if defined(__x86_64__) && defined(__linux__) && defined(__GNUC__) && !defined(__clang__)
+/* AVX2 where the CPU has it, SSE2 (the x86-64 baseline) elsewhere; chosen once at load. */
+#define MULTIVERSION __attribute__((target_clones("avx2", "default")))
+#else
+#define MULTIVERSION
+#endif
+
+typedef struct {
+    double sumsq, sum_abs, max_abs, nonfinite;
+} Stats;
+
+static void finish_block(const v8f *ss, const v8f *sa, const v8i *mx, int lanes_sets, Stats *s,
+                         int32_t *max_bits) {
+    float block_ss = 0.0f, block_sa = 0.0f;
+    for (int u = 0; u < lanes_sets; u++)
+        for (int l = 0; l < 8; l++) {
+            block_ss += ss[u][l];
+            block_sa += sa[u][l];
+            if (mx[u][l] > *max_bits) *max_bits = mx[u][l];
+        }
+    s->sumsq += block_ss;
+    s->sum_abs += block_sa;
+}
+
+static inline v8i load_abs(const float *x) {
+    v8i bits;
+    memcpy(&bits, x, sizeof bits);
+    return bits & (v8i){ABS_MASK, ABS_MASK, ABS_MASK, ABS_MASK, ABS_MASK, ABS_MASK, ABS_MASK, ABS_MASK};
+}
+
+static inline v8f as_float(v8i bits) {
+    v8f f;
+    memcpy(&f, &bits, sizeof f);
+    return f;
+}
+
+/* |x| bit patterns order like the magnitudes they encode, so max|x| is an integer max. */
+static inline v8i max_bits8(v8i a, v8i b) {
+    v8i gt = a > b;
+    return (a & gt) | (b & ~gt);
+}
+
+static float bits_to_float(int32_t bits) {
+    float f;
+    memcpy(&f, &bits, sizeof f);
+    return f;
+}
+
+static inline int active(const uint8_t *mask_bits, int64_t i) {
+    return (mask_bits[i >> 3] >> (i & 7)) & 1;
+}
+
+/* Exact scalar statistics, used when a tensor holds NaN or Inf. */
+static void exact_f32(const float *x, const uint8_t *mask_bits, int64_t n, Stats *s) {
+    double ss = 0, sa = 0, mx = 0, bad = 0;
+    for (int64_t i = 0; i < n; i++) {
+        if (mask_bits && !active(mask_bits, i)) continue;
+        double a = fabs((double)x[i]);
+        ss += a * a;
+        sa += a;
+        if (a > mx || isnan(a)) mx = isnan(mx) ? mx : a;
+        bad += !isfinite(a);
+    }
+    s->sumsq = ss, s->sum_abs = sa, s->max_abs = mx, s->nonfinite = bad;
+}
+
+MULTIVERSION
+static void stats_f32(const float *x, int64_t n, Stats *s) {
+    enum { U = 3 }; /* independent accumulators: hide the add latency */
+    int32_t max_bits = 0;
+    int64_t i = 0;
+    memset(s, 0, sizeof *s);
+    const int64_t block = BLOCK / (8 * U) * (8 * U);
+    while (i < n) {
+        int64_t end = i + block < n ? i + block : n;
+        v8f ss[U] = {{0}}, sa[U] = {{0}};
+        v8i mx[U] = {{0}};
+        for (; i + 8 * U <= end; i += 8 * U)
+            for (int u = 0; u < U; u++) {
+                v8i a = load_abs(x + i + 8 * u);
+                v8f f = as_float(a);
+                ss[u] += f * f;
+                sa[u] += f;
+                mx[u] = max_bits8(a, mx[u]);
+            }
+        finish_block(ss, sa, mx, U, s, &max_bits);
+        for (; i < end; i++) {
+            int32_t a;
+            memcpy(&a, x + i, sizeof a);
+            a &= ABS_MASK;
+            float f = bits_to_float(a);
+            s->sumsq += (double)f * f;
+            s->sum_abs += f;
+            if (a > max_bits) max_bits = a;
+        }
+    }
+    if (max_bits >= INF_BITS) {
+        exact_f32(x, NULL, n, s);
+        return;
+    }
+    s->max_abs = bits_to_float(max_bits);
+}
+
+/* Statistics of the active entries only. Run right after stats_f32 on the same tensor, so its
+ * memory is still in cache: two passes cost little more than one, and each keeps its
+ * accumulators in registers (one fused pass would spill them). */
+MULTIVERSION
+static void stats_f32_active(const float *x, const uint8_t *mask_bits, int64_t n, Stats *s) {
+    enum { U = 3 };
+    const v8i lane_bit = {1, 2, 4, 8, 16, 32, 64, 128};
+    int32_t max_bits = 0;
+    int64_t i = 0;
+    memset(s, 0, sizeof *s);
+    const int64_t block = BLOCK / (8 * U) * (8 * U);
+    while (i < n) {
+        int64_t end = i + block < n ? i + block : n;
+        v8f ss[U] = {{0}}, sa[U] = {{0}};
+        v8i mx[U] = {{0}};
+        for (; i + 8 * U <= end; i += 8 * U)
+            for (int u = 0; u < U; u++) {
+                /* i + 8u is a multiple of 8: one mask byte spread over the lanes, -1 where active */
+                v8i keep = (((v8i){0} + (int32_t)mask_bits[(i + 8 * u) >> 3]) & lane_bit) != 0;
+                v8i a = load_abs(x + i + 8 * u) & keep;
+                v8f f = as_float(a);
+                ss[u] += f * f;
+                sa[u] += f;
+                mx[u] = max_bits8(a, mx[u]);
+            }
+        finish_block(ss, sa, mx, U, s, &max_bits);
+        for (; i < end; i++) {
+            if (!active(mask_bits, i)) continue;
+            int32_t a;
+            memcpy(&a, x + i, sizeof a);
+            a &= ABS_MASK;
+            float f = bits_to_float(a);
+            s->sumsq += (double)f * f;
+            s->sum_abs += f;
+            if (a > max_bits) max_bits = a;
+        }
+    }
+    if (max_bits >= INF_BITS) {
+        exact_f32(x, mask_bits, n, s);
+        return;
+    }
+    s->max_abs = bits_to_float(max_bits);
+}
+
+/* float64 gradients are rare on the hot path (double-precision models): a plain exact loop. */
+static void stats_f64(const double *x, const uint8_t *mask_bits, int64_t n, Stats *s) {
+    double ss[4] = {0}, sa[4] = {0}, mx = 0, bad = 0;
+    for (int64_t i = 0; i < n; i++) {
+        if (mask_bits && !active(mask_bits, i)) continue;
+        double a = fabs(x[i]);
+        ss[i & 3] += a * a;
+        sa[i & 3] += a;
+        if (a > mx || isnan(a)) mx = isnan(mx) ? mx : a;
+        bad += !isfinite(a);
+    }
+    s->sumsq = ss[0] + ss[1] + ss[2] + ss[3];
+    s->sum_abs = sa[0] + sa[1] + sa[2] + sa[3];
+    s->max_abs = mx;
+    s->nonfinite = bad;
+}
+
+static void store(double *out, Py_ssize_t stride, Py_ssize_t i, int first_field, const Stats *s) {
+    out[(first_field + 0) * stride + i] = s->sumsq;
+    out[(first_field + 1) * stride + i] = s->sum_abs;
+    out[(first_field + 2) * stride + i] = s->max_abs;
+    out[(first_field + 3) * stride + i] = s->nonfinite;
+}
+
+static void compute_one(uintptr_t ptr, int64_t n, int8_t dtype, uintptr_t mask_ptr, double *out,
+                        Py_ssize_t stride, Py_ssize_t i) {
+    const uint8_t *mask = (const uint8_t *)mask_ptr;
+    Stats raw, eff;
+    if (dtype == 0) {
+        stats_f32((const float *)ptr, n, &raw);
+        if (mask)
+            stats_f32_active((const float *)ptr, mask, n, &eff);
+        else
+            eff = raw;
+    } else {
+        stats_f64((const double *)ptr, NULL, n, &raw);
+        if (mask)
+            stats_f64((const double *)ptr, mask, n, &eff);
+        else
+            eff = raw;
+    }
+    store(out, stride, i, 0, &raw);
+    store(out, stride, i, 4, &eff);
+}
+
+static int check_buffer(const Py_buffer *b, Py_ssize_t itemsize, Py_ssize_t count, const char *name) {
+    if (b->itemsize != itemsize || b->len < itemsize * count) {
+        PyErr_Format(PyExc_ValueError, "gradstats: %s must hold %zd items of %zd bytes", name, count, itemsize);
+        return 0;
+    }
+    return 1;
+}
+
+static PyObject *gradstats_compute(PyObject *self, PyObject *args) {
+    Py_buffer ptrs, lens, dtypes, masks, out;
+    Py_ssize_t n, stride;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "y*y*y*y*w*nn", &ptrs, &lens, &dtypes, &masks, &out, &n, &stride))
+        return NULL;
+    PyObject *result = NULL;
+    if (n < 0 || stride < n) {
+        PyErr_SetString(PyExc_ValueError, "gradstats: need 0 <= n <= stride");
+    } else if (check_buffer(&ptrs, 8, n, "ptrs") && check_buffer(&lens, 8, n, "lens") &&
+               check_buffer(&dtypes, 1, n, "dtypes") && check_buffer(&masks, 8, n, "masks") &&
+               check_buffer(&out, 8, 8 * stride, "out")) {
+        const uint64_t *p = ptrs.buf, *m = masks.buf;
+        const int64_t *l = lens.buf;
+        const int8_t *d = dtypes.buf;
+        double *o = out.buf;
+        Py_BEGIN_ALLOW_THREADS
+        for (Py_ssize_t i = 0; i < n; i++) compute_one((uintptr_t)p[i], l[i], d[i], (uintptr_t)m[i], o, stride, i);
+        Py_END_ALLOW_THREADS
+        result = Py_NewRef(Py_None);
+    }
+    PyBuffer_Release(&ptrs);
+    PyBuffer_Release(&lens);
+    PyBuffer_Release(&dtypes);
+    PyBuffer_Release(&masks);
+    PyBuffer_Release(&out);
+    return result;
+}
+
+static PyMethodDef methods[] = {
+    {"compute", gradstats_compute, METH_VARARGS,
+     "compute(ptrs, lens, dtypes, masks, out, n, stride): one-pass gradient statistics "
+     "(see the comment at the top of _gradstats.c for the layout)."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {
+    .m_base = PyModuleDef_HEAD_INIT, .m_name = "_gradstats", .m_size = -1, .m_methods = methods,
+};
+
+PyMODINIT_FUNC PyInit__gradstats(void) { return PyModule_Create(&module); }
