@@ -9,10 +9,13 @@ process, each on its own copy of the model built from the same seed:
 * ``gfprobe``: ``gfprobe.watch(model, optimizer, out=..., every=N)``, one probe kept open
   across all its blocks (the run file grows as in real training) and closed at the end;
 * ``lightning``: what Lightning's ``grad_norm`` logging does before each optimizer step,
-  a per-parameter ``p.grad.norm(2)`` and a total norm, each copied to the host.
+  a per-parameter ``p.grad.norm(2)`` and a total norm, each copied to the host;
+* ``plain-a/a``: a second plain copy, the A/A control: its ratio shows the noise floor.
 
-Steps are timed in blocks; each round runs one block per side and alternates the order
-(forward, then reversed), so no side always goes first. The ratio of a side to ``plain`` is
+Steps are timed in blocks; each round runs one block per side, and the order rotates from
+round to round, so every side takes every position equally often. Each block starts with a few
+untimed steps: interleaving evicts a side's state from the CPU caches, which training alone
+would not do. The ratio of a side to ``plain`` is
 taken per round; the median of the rounds is quoted with its min and max.
 
 Run ``python benchmarks/overhead.py --help`` for the options; see benchmarks/README.md.
@@ -22,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import hashlib
 import json
 import os
 import platform
@@ -34,14 +38,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
+from scipy.stats import bootstrap
 from torch import nn
 from torch.nn import functional as F
 
 import gfprobe
 
 TARGET = 1.03  # the project's bar: recorded step time <= 1.03x plain
-NOISY_SPREAD = 0.10  # max - min of the block ratios above this: the machine was too noisy
+CONTROL_TOLERANCE = 0.01  # the A/A control's median ratio further than this from 1: too noisy to quote
 SEED = 0
 BATCH = 128
 N_BATCHES = 8  # a small pool of synthetic batches, created once and cycled
@@ -114,15 +120,70 @@ def make_side(name: str) -> Side:
 
 
 def settle(seconds: float) -> None:
-    """Between blocks, untimed: collect garbage and let helper threads that spin after their
-    last task (OpenMP, OpenBLAS) go idle, so no block pays for the block before it."""
-    gc.collect()
+    """Optional untimed pause before a block, for helper threads that spin after their last task
+    (OpenMP, OpenBLAS) to go idle. Off by default: measured here, a 0.2 s pause made A/A block
+    ratios three times as noisy (the CPU comes back cold), and gfprobe caps its BLAS threads."""
     if seconds > 0:
         time.sleep(seconds)
 
 
+class FlushClock:
+    """Keeps the probe's flush timer on the recorded side's own time.
+
+    The probe flushes its rows every ``FLUSH_SECONDS`` of wall time. Interleaving spends most
+    of the wall time on the other sides, so without this the recorded side would flush several
+    times more often per step than the same loop trained alone. Before each recorded block the
+    time spent outside the recorded side's blocks is added to every stream's last flush time.
+    """
+
+    def __init__(self, probe: Any, enabled: bool) -> None:
+        self._probe = probe
+        self._enabled = enabled
+        self._left: float | None = None
+
+    def enter(self) -> None:
+        if self._enabled and self._left is not None:
+            away = time.monotonic() - self._left
+            try:
+                for stream in self._probe._streams.values():
+                    stream.last_flush += away
+            except AttributeError as exc:  # the probe's internals moved on
+                raise SystemExit(f"--flush-clock recorded no longer fits gfprobe ({exc}); "
+                                 "use --flush-clock wall") from exc
+
+    def leave(self) -> None:
+        self._left = time.monotonic()
+
+
+def source_fingerprint() -> str:
+    """A short hash of gfprobe's source files, to tell which version a result measured."""
+    digest = hashlib.sha256()
+    root = Path(gfprobe.__file__).parent
+    for path in sorted(root.rglob("*.py")):
+        digest.update(path.relative_to(root).as_posix().encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:12]
+
+
+def rotated(sides: list[Side], round_index: int) -> list[Side]:
+    """Round r starts with side r mod n: every side takes every position equally often and
+    never follows itself, so no side is favoured by finding its state still in the CPU caches."""
+    shift = round_index % len(sides)
+    return sides[shift:] + sides[:shift]
+
+
 def _summary(values: list[float]) -> dict[str, float]:
     return {"median": statistics.median(values), "min": min(values), "max": max(values)}
+
+
+def _ratio_summary(ratios: list[float]) -> dict[str, Any]:
+    """Median of the per-round ratios with its bootstrap 95% interval, quartiles and range."""
+    values = np.asarray(ratios)
+    interval = bootstrap((values,), np.median, confidence_level=0.95, n_resamples=2000,
+                         method="percentile", random_state=0).confidence_interval
+    return {**_summary(ratios), "ci95": [float(interval.low), float(interval.high)],
+            "q1": float(np.percentile(values, 25)), "q3": float(np.percentile(values, 75)),
+            "blocks": ratios}
 
 
 def run_benchmark(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
@@ -144,24 +205,38 @@ def run_benchmark(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
 
         lightning.before_step = log_norms
         sides.append(lightning)
+    if not args.no_control:
+        sides.append(make_side("plain-a/a"))
 
     run_path = workdir / "overhead.h5"
     probe = gfprobe.watch(recorded.model, recorded.optimizer, out=run_path, every=args.every)
+    clock = FlushClock(probe, enabled=args.flush_clock == "recorded")
     try:
         for side in sides:  # warm-up: allocator, Adam state, the probe's first step and file
             side.run(data, args.warmup)
+        # Everything alive now survives the run: freeze it, so that a full collection inside a
+        # timed block scans only what the blocks allocate, whichever side happens to trigger it.
+        gc.collect()
+        gc.freeze()
+        clock.leave()
         for round_index in range(args.blocks):
-            order = sides if round_index % 2 == 0 else sides[::-1]
+            order = rotated(sides, round_index)
             for side in order:
                 settle(args.settle)
+                if side is recorded:
+                    clock.enter()
+                side.run(data, args.block_warmup)  # untimed: brings this side's state back into cache
                 side.block_seconds.append(side.run(data, args.block_steps))
+                if side is recorded:
+                    clock.leave()
     finally:
+        gc.unfreeze()
         path = probe.close()
     recorded_steps = sum(1 for s in range(recorded.step) if s % args.every == 0)
     file_bytes = path.stat().st_size if path is not None else 0
 
-    # The timed file is flushed on a wall-clock timer while the other sides run, so it sees more
-    # flushes per step than real training would. A run recorded back to back gives the size a
+    # The file grows with the number of flushes (each rewrites a partly filled compressed chunk),
+    # so the timed file depends on the flush clock. A run recorded back to back gives the size a
     # user sees; a one-step run gives the fixed part (metadata, parameter table).
     size = {"timed": (file_bytes, recorded_steps)}
     for label, steps in (("back_to_back", args.size_steps), ("one_step", 1)):
@@ -178,15 +253,18 @@ def run_benchmark(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     results: dict[str, Any] = {
         "config": {
             "blocks": args.blocks, "block_steps": args.block_steps, "warmup": args.warmup,
-            "threads": args.threads, "every": args.every, "settle": args.settle, "batch": BATCH,
+            "threads": args.threads, "every": args.every, "settle": args.settle,
+            "flush_clock": args.flush_clock, "batch": BATCH,
             "model": f"MLP {IN_FEATURES}->{HIDDEN}x{DEPTH}->{CLASSES}",
             "params": sum(p.numel() for p in plain.model.parameters()),
-            "order": "alternating: even rounds " + ",".join(s.name for s in sides)
-                     + "; odd rounds reversed",
+            "block_warmup": args.block_warmup,
+            "order": "rotating: round r starts with side r mod " + str(len(sides)) + " of "
+                     + ",".join(s.name for s in sides),
         },
         "environment": {
             "python": sys.version.split()[0], "torch": torch.__version__,
-            "gfprobe": gfprobe.__version__, "platform": platform.platform(),
+            "gfprobe": gfprobe.__version__, "gfprobe_source": source_fingerprint(),
+            "platform": platform.platform(),
             "cpu_count": os.cpu_count(),
         },
         "ms_per_step": {name: _summary(v) for name, v in ms_per_step.items()},
@@ -200,11 +278,12 @@ def run_benchmark(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     }
     for side in sides[1:]:
         ratios = [r / p for r, p in zip(side.block_seconds, plain.block_seconds, strict=True)]
-        results["ratios"][side.name] = dict(_summary(ratios), blocks=ratios)
+        results["ratios"][side.name] = _ratio_summary(ratios)
     gf = results["ratios"]["gfprobe"]
     results["target"] = TARGET
     results["pass"] = gf["median"] <= TARGET
-    results["noisy"] = any(r["max"] - r["min"] > NOISY_SPREAD for r in results["ratios"].values())
+    control = results["ratios"].get("plain-a/a")
+    results["noisy"] = control is not None and abs(control["median"] - 1) > CONTROL_TOLERANCE
     return results
 
 
@@ -215,14 +294,18 @@ def render(results: dict[str, Any]) -> str:
         f"{cfg['model']} ({cfg['params']:,} params), batch {cfg['batch']}, Adam, "
         f"{cfg['threads']} threads, every={cfg['every']}",
         f"{cfg['blocks']} rounds x {cfg['block_steps']} steps per side, "
-        f"warm-up {cfg['warmup']} steps, {cfg['settle']} s settle; order alternates each round",
+        f"warm-up {cfg['warmup']} steps (+{cfg['block_warmup']} untimed per block), {cfg['settle']} s settle, "
+        f"flush clock {cfg['flush_clock']}; order rotates each round",
+        f"gfprobe {results['environment']['gfprobe']} (source {results['environment']['gfprobe_source']}), "
+        f"torch {results['environment']['torch']}",
         "",
-        f"{'side':<12}{'ms/step':>9}{'ratio':>9}{'min':>8}{'max':>8}",
-        f"{'plain':<12}{ms['plain']['median']:>9.2f}{'1.000':>9}{'':>8}{'':>8}",
+        "ratio: median over rounds of (side's block time / plain's block time in the same round)",
+        f"{'side':<12}{'ms/step':>9}{'ratio':>9}{'95% CI':>16}{'quartiles':>16}",
+        f"{'plain':<12}{ms['plain']['median']:>9.2f}{'1.000':>9}",
     ]
     for name, r in results["ratios"].items():
         lines.append(f"{name:<12}{ms[name]['median']:>9.2f}{r['median']:>9.3f}"
-                     f"{r['min']:>8.3f}{r['max']:>8.3f}")
+                     f"{r['ci95'][0]:>9.3f}-{r['ci95'][1]:.3f}{r['q1']:>9.3f}-{r['q3']:.3f}")
     files = results["file"]
     lines.append("")
     for label, title in (("timed", "timed run (interleaved)"),
@@ -241,28 +324,38 @@ def render(results: dict[str, Any]) -> str:
         f"{results['target']:.2f}: {'PASS' if results['pass'] else 'FAIL'}",
     ]
     if results["noisy"]:
-        lines.append(f"WARNING: a ratio range is wider than {NOISY_SPREAD:.2f}: "
+        lines.append(f"WARNING: the A/A control is off 1 by more than {CONTROL_TOLERANCE:.2f}: "
                      "the machine was noisy, run again before quoting these figures")
     return "\n".join(lines)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
-    parser.add_argument("--blocks", type=int, default=15,
-                        help="timed rounds; each runs one block per side (default 15, >= 9)")
-    parser.add_argument("--block-steps", type=int, default=30,
-                        help="training steps per block (default 30)")
+    parser.add_argument("--blocks", type=int, default=150,
+                        help="timed rounds; each runs one block per side (default 150, >= 9)")
+    parser.add_argument("--block-steps", type=int, default=10,
+                        help="timed training steps per block (default 10: short blocks keep both "
+                             "sides of a round in the same state of a drifting machine)")
+    parser.add_argument("--block-warmup", type=int, default=2,
+                        help="untimed steps at the start of each block, so the block before (another "
+                             "side's) does not leave this side cold caches (default 2)")
     parser.add_argument("--warmup", type=int, default=30,
                         help="untimed steps per side before the first block (default 30)")
     parser.add_argument("--threads", type=int, default=2,
                         help="torch.set_num_threads (default 2)")
     parser.add_argument("--every", type=int, default=1,
                         help="record every N-th step, gfprobe and Lightning-style (default 1)")
-    parser.add_argument("--settle", type=float, default=0.2,
-                        help="untimed pause in seconds before each block (default 0.2)")
+    parser.add_argument("--settle", type=float, default=0.0,
+                        help="untimed pause in seconds before each block (default 0)")
     parser.add_argument("--size-steps", type=int, default=1000,
                         help="steps of the back-to-back run whose file size is reported "
                              "(default 1000; 0 skips it)")
+    parser.add_argument("--flush-clock", choices=("recorded", "wall"), default="recorded",
+                        help="'recorded' (default): the probe's flush timer runs only during "
+                             "the recorded side's blocks, as in a loop trained alone; 'wall': "
+                             "leave it on wall time (flushes several times more often per step)")
+    parser.add_argument("--no-control", action="store_true",
+                        help="skip the A/A control side (a second plain copy)")
     parser.add_argument("--no-lightning", action="store_true",
                         help="skip the Lightning-style comparison side")
     parser.add_argument("--out-json", type=Path, default=None,
@@ -271,6 +364,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for name in ("blocks", "block_steps", "warmup", "threads", "every"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1: {getattr(args, name)}")
+    if args.block_warmup < 0:
+        parser.error(f"--block-warmup must not be negative: {args.block_warmup}")
     if args.size_steps < 0:
         parser.error(f"--size-steps must not be negative: {args.size_steps}")
     if args.settle < 0:
