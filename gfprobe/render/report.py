@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -54,40 +55,65 @@ def _layer_rows(run: RunSummary) -> tuple[list[str], list[list[Any]]]:
     return header, rows
 
 
-def run_labels(runs: Sequence[RunSummary]) -> list[str]:
-    """File names when they tell runs apart, else full paths."""
-    names = [Path(run.path).name for run in runs]
-    return names if len(set(names)) == len(names) else [run.path for run in runs]
+def _table(title: str) -> Table:
+    """The report's table style: compact enough for an 80-column terminal, title never wrapped."""
+    return Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False,
+                 collapse_padding=True, min_width=len(title))
+
+
+def _add_number_columns(table: Table, headers: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
+    """Right-aligned columns as wide as their widest cell, so rich never cuts a number."""
+    for i, header in enumerate(headers):
+        width = max([len(header), *(len(row[i]) for row in rows)])
+        table.add_column(header, justify="right", no_wrap=True, min_width=width)
+
+
+def run_labels(runs: Sequence[RunSummary]) -> tuple[list[str], str]:
+    """Short labels that tell runs apart, and the prefix they share (removed from the labels).
+
+    File names without .h5 when unique, else full paths; a prefix common to all of them and
+    ending in a separator is shown once, in the title, so narrow terminals keep what differs.
+    """
+    names = [Path(run.path).name.removesuffix(".h5") for run in runs]
+    if len(set(names)) != len(names):
+        names = [run.path for run in runs]
+    if len(names) < 2:
+        return names, ""
+    common = os.path.commonprefix(names)  # noqa: RUF071  characters, not path components, on purpose
+    cut = max(common.rfind(sep) for sep in "-_./") + 1
+    if any(len(name) == cut for name in names):
+        return names, ""
+    return [name[cut:] for name in names], common[:cut]
 
 
 def render_table(console: Console, runs: Sequence[RunSummary], per_layer: bool = False) -> None:
-    labels = run_labels(runs)
-    table = Table(title="Gradient flow: mean over 11 evenly spaced recorded steps", title_justify="left",
-                  box=box.SIMPLE_HEAD)
-    table.add_column("run", overflow="fold")
-    for column in ("steps", "layers", "gf_1", "gf_2", "egf_1", "egf_2", "egf_1/N", "egf_2/N"):
-        table.add_column(column, justify="right")
-    for label, run in zip(labels, runs, strict=True):
+    labels, prefix = run_labels(runs)
+    runs_note = f" (runs {prefix}*)" if prefix else ""
+    table = _table(f"Gradient flow: mean over 11 evenly spaced recorded steps{runs_note}")
+    headers = ("steps", "layers", "gf_1", "gf_2", "egf_1", "egf_2", "egf_1/N", "egf_2/N")
+    rows = [[fmt(run.steps) + (f" +{run.skipped} skipped" if run.skipped else ""), fmt(run.layers),
+             *(fmt(run.measures[m]) for m in MEASURES)] for run in runs]
+    # Numbers are never cut; on a narrow terminal the run names are shortened with an ellipsis.
+    table.add_column("run", overflow="ellipsis", min_width=8)
+    _add_number_columns(table, headers, rows)
+    for label, run, cells in zip(labels, runs, rows, strict=True):
         status = "" if run.status == "complete" else f" ({run.status})"
-        steps = fmt(run.steps) + (f" +{run.skipped} skipped" if run.skipped else "")
-        table.add_row(label + status, steps, fmt(run.layers), *(fmt(run.measures[m]) for m in MEASURES))
+        table.add_row(label + status, *cells)
     console.print(table)
     names = _metric_names(runs)
-    trend = Table(title="egf_2 over training (log scale) and metrics (last / best)", title_justify="left",
-                  box=box.SIMPLE_HEAD)
-    trend.add_column("run", overflow="fold")
-    trend.add_column("egf_2 trend")
-    for m in names:
-        trend.add_column(m, justify="right")
-    for label, run in zip(labels, runs, strict=True):
-        cells = [f"{fmt(run.metrics[m]['last'])} / {fmt(run.metrics[m]['best'])}" if m in run.metrics else "–"
-                 for m in names]
-        trend.add_row(label, sparkline(run.series["egf_2"]), *cells)
+    trend = _table("egf_2 over training (log scale) and metrics (last / best)")
+    rows = [[sparkline(run.series["egf_2"]),
+             *(f"{fmt(run.metrics[m]['last'])} / {fmt(run.metrics[m]['best'])}" if m in run.metrics else "–"
+               for m in names)] for run in runs]
+    trend.add_column("run", overflow="ellipsis", min_width=8)
+    _add_number_columns(trend, ("egf_2 trend", *names), rows)
+    for label, cells in zip(labels, rows, strict=True):
+        trend.add_row(label, *cells)
     console.print(trend)
     if per_layer:
         for label, run in zip(labels, runs, strict=True):
             header, rows = _layer_rows(run)
-            layer_table = Table(title=f"{label}: weight layers", title_justify="left", box=box.SIMPLE_HEAD)
+            layer_table = _table(f"{label}: weight layers")
             for i, column in enumerate(header):
                 layer_table.add_column(column, justify="left" if i < 2 else "right")
             for row in rows:
