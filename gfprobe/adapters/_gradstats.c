@@ -105,8 +105,17 @@ static void exact_f32(const float *x, const uint8_t *mask_bits, int64_t n, Stats
     s->sumsq = ss, s->sum_abs = sa, s->max_abs = mx, s->nonfinite = bad;
 }
 
+static inline v8i active8(const uint8_t *mask_bits, int64_t i) {
+    /* i is a multiple of 8: one mask byte spread over the lanes, -1 where the weight is active */
+    const v8i lane_bit = {1, 2, 4, 8, 16, 32, 64, 128};
+    return (((v8i){0} + (int32_t)mask_bits[i >> 3]) & lane_bit) != 0;
+}
+
+/* Statistics of all entries (mask_bits NULL) or of the active ones. With a mask it runs right
+ * after the unmasked pass over the same tensor, whose memory is then still in cache. The
+ * compiler unswitches the loop on mask_bits, so the unmasked pass pays nothing for it. */
 MULTIVERSION
-static void stats_f32(const float *x, int64_t n, Stats *s) {
+static void stats_f32(const float *x, const uint8_t *mask_bits, int64_t n, Stats *s) {
     enum { U = 3 }; /* independent accumulators: hide the add latency */
     int32_t max_bits = 0;
     int64_t i = 0;
@@ -119,6 +128,7 @@ static void stats_f32(const float *x, int64_t n, Stats *s) {
         for (; i + 8 * U <= end; i += 8 * U)
             for (int u = 0; u < U; u++) {
                 v8i a = load_abs(x + i + 8 * u);
+                if (mask_bits) a &= active8(mask_bits, i + 8 * u);
                 v8f f = as_float(a);
                 ss[u] += f * f;
                 sa[u] += f;
@@ -126,50 +136,7 @@ static void stats_f32(const float *x, int64_t n, Stats *s) {
             }
         finish_block(ss, sa, mx, U, s, &max_bits);
         for (; i < end; i++) {
-            int32_t a;
-            memcpy(&a, x + i, sizeof a);
-            a &= ABS_MASK;
-            float f = bits_to_float(a);
-            s->sumsq += (double)f * f;
-            s->sum_abs += f;
-            if (a > max_bits) max_bits = a;
-        }
-    }
-    if (max_bits >= INF_BITS) {
-        exact_f32(x, NULL, n, s);
-        return;
-    }
-    s->max_abs = bits_to_float(max_bits);
-}
-
-/* Statistics of the active entries only. Run right after stats_f32 on the same tensor, so its
- * memory is still in cache: two passes cost little more than one, and each keeps its
- * accumulators in registers (one fused pass would spill them). */
-MULTIVERSION
-static void stats_f32_active(const float *x, const uint8_t *mask_bits, int64_t n, Stats *s) {
-    enum { U = 3 };
-    const v8i lane_bit = {1, 2, 4, 8, 16, 32, 64, 128};
-    int32_t max_bits = 0;
-    int64_t i = 0;
-    memset(s, 0, sizeof *s);
-    const int64_t block = BLOCK / (8 * U) * (8 * U);
-    while (i < n) {
-        int64_t end = i + block < n ? i + block : n;
-        v8f ss[U] = {{0}}, sa[U] = {{0}};
-        v8i mx[U] = {{0}};
-        for (; i + 8 * U <= end; i += 8 * U)
-            for (int u = 0; u < U; u++) {
-                /* i + 8u is a multiple of 8: one mask byte spread over the lanes, -1 where active */
-                v8i keep = (((v8i){0} + (int32_t)mask_bits[(i + 8 * u) >> 3]) & lane_bit) != 0;
-                v8i a = load_abs(x + i + 8 * u) & keep;
-                v8f f = as_float(a);
-                ss[u] += f * f;
-                sa[u] += f;
-                mx[u] = max_bits8(a, mx[u]);
-            }
-        finish_block(ss, sa, mx, U, s, &max_bits);
-        for (; i < end; i++) {
-            if (!active(mask_bits, i)) continue;
+            if (mask_bits && !active(mask_bits, i)) continue;
             int32_t a;
             memcpy(&a, x + i, sizeof a);
             a &= ABS_MASK;
@@ -215,9 +182,9 @@ static void compute_one(uintptr_t ptr, int64_t n, int8_t dtype, uintptr_t mask_p
     const uint8_t *mask = (const uint8_t *)mask_ptr;
     Stats raw, eff;
     if (dtype == 0) {
-        stats_f32((const float *)ptr, n, &raw);
+        stats_f32((const float *)ptr, NULL, n, &raw);
         if (mask)
-            stats_f32_active((const float *)ptr, mask, n, &eff);
+            stats_f32((const float *)ptr, mask, n, &eff);
         else
             eff = raw;
     } else {
