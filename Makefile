@@ -14,13 +14,13 @@ $(STAMP): pyproject.toml setup.py constraints.txt gfprobe/adapters/_gradstats.c
 	$(BIN)/python -m pip install -qq -c constraints.txt -e '.[test]'
 	touch $(STAMP)
 
-## The main job: record and report the built-in MNIST-1D demo.
+## The main job: the quick SC-SDC study on MNIST-1D (gfprobe-runs/quick), then its report.
 demo: $(STAMP)
-	$(BIN)/gfprobe demo
+	$(BIN)/gfprobe demo --out gfprobe-runs/quick
 
 ## The whole test suite (slow end-to-end tests included), then lint and types.
 test: $(STAMP)
-	$(BIN)/ruff check gfprobe tests benchmarks setup.py
+	$(BIN)/ruff check .
 	$(BIN)/mypy
 	$(BIN)/python -m pytest
 
@@ -29,7 +29,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/overhead.py
 
 lint: $(STAMP)
-	$(BIN)/ruff check gfprobe tests benchmarks setup.py
+	$(BIN)/ruff check .
 	$(BIN)/mypy
 
 clean:

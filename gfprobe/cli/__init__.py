@@ -9,6 +9,7 @@ from gfprobe.cli.demo import demo
 from gfprobe.cli.inspect import inspect
 from gfprobe.cli.record import record
 from gfprobe.cli.report import report
+from gfprobe.cli.scsdc import scsdc
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -18,5 +19,5 @@ def main() -> None:
     run into an HDF5 file, then report Effective Gradient Flow and the standard norms."""
 
 
-for command in (record, report, inspect, demo):
+for command in (record, report, inspect, demo, scsdc):
     main.add_command(command)

@@ -1,8 +1,13 @@
 """A plain PyTorch training script: an MLP on MNIST-1D (generated locally, no download).
 
-It knows nothing about gfprobe beyond ``gfprobe.log`` (a no-op when nothing records); the demo
-runs it under ``gfprobe record``. ``--density`` below 1 prunes each hidden weight matrix with a
-fixed random mask (torch.nn.utils.prune), making a sparse network.
+It knows nothing about gfprobe beyond ``gfprobe.log`` (a no-op when nothing records). Record it
+with no change to it:
+
+    gfprobe record --out run.h5 -- python examples/train_mnist1d.py --epochs 8 --density 0.3
+    gfprobe report run.h5
+
+``--density`` below 1 prunes each weight matrix with a fixed random mask
+(torch.nn.utils.prune), making a sparse network.
 """
 
 from __future__ import annotations

@@ -1,0 +1,157 @@
+"""``gfprobe scsdc``: plan capacity-matched pairs, run SC-SDC studies, list the presets."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from gfprobe.cli._common import UserError, console, format_option, handle_errors
+from gfprobe.errors import ConfigError
+from gfprobe.render import plan as render_plan
+from gfprobe.render.formats import to_json
+from gfprobe.study import names, runner
+from gfprobe.study.config import RunSpec, Study, load_study
+from gfprobe.study.presets import PRESETS, describe, load_preset
+
+
+@click.group()
+def scsdc() -> None:
+    """Same Capacity Sparse vs Dense Comparison: plan pairs, run studies, list presets."""
+
+
+def _densities(value: str) -> list[float]:
+    try:
+        return [float(v) for v in value.split(",") if v.strip()]
+    except ValueError:
+        raise click.BadParameter(f"{value!r}: expected numbers separated by commas, e.g. 0.1,0.3,0.5") from None
+
+
+@scsdc.command()
+@click.option("--arch", type=click.Choice(names.ARCHS), default="mlp", show_default=True)
+@click.option("--hidden-layers", type=int, default=2, show_default=True, help="Hidden layers of the MLP.")
+@click.option("--sparse-width", type=int, default=512, show_default=True,
+              help="Units per hidden layer of the sparse MLP; first-block channels of the sparse CNN.")
+@click.option("--densities", default="0.1,0.3,0.5,0.7,0.9", show_default=True,
+              help="Comma-separated densities in (0, 1].")
+@click.option("--dataset", type=click.Choice(list(names.DATASETS)), default="mnist1d", show_default=True,
+              help="Fixes the input and output sizes.")
+@format_option(("table", "json"))
+@handle_errors
+def plan(arch: str, hidden_layers: int, sparse_width: int, densities: str, dataset: str, output_format: str) -> None:
+    """Show, per density, the dense width and each layer's sparse mask density that make every
+    layer's active-weight count exactly equal between the sparse and the dense network."""
+    from gfprobe.study.capacity import plan_pairs
+
+    pairs = plan_pairs(arch, names.DATASETS[dataset], sparse_width, _densities(densities), hidden_layers)
+    if output_format == "json":
+        click.echo(render_plan.render_json(pairs))
+    else:
+        render_plan.render_table(console(), pairs)
+
+
+@scsdc.command()
+@format_option(("table", "json"))
+def presets(output_format: str) -> None:
+    """List the built-in studies with their size (number of runs)."""
+    sizes = {name: len(load_preset(name)) for name in PRESETS}
+    if output_format == "json":
+        click.echo(to_json({"presets": [{"name": name, "runs": sizes[name], "description": describe(name, full=True)}
+                                        for name in PRESETS]}))
+        return
+    from rich.table import Table
+
+    table = Table(title="SC-SDC presets: gfprobe scsdc run --preset NAME --out DIR", title_justify="left")
+    for column in ("preset", "runs", "what it is"):
+        table.add_column(column, justify="right" if column == "runs" else "left")
+    for name in PRESETS:
+        table.add_row(name, f"{sizes[name]:,}", describe(name))
+    console().print(table)
+
+
+@scsdc.command()
+@click.option("--preset", type=click.Choice(PRESETS), help="A built-in study (see 'gfprobe scsdc presets').")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), help="A study TOML file.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Folder for the study: run files go to OUT/runs/.")
+@click.option("--jobs", type=click.IntRange(min=1), default=1, show_default=True, help="Runs trained in parallel.")
+@click.option("--data-root", type=click.Path(file_okay=False, path_type=Path),
+              help="Folder holding Fashion-MNIST / CIFAR files in torchvision's layout.")
+@click.option("--download", is_flag=True, help="Download missing torchvision data sets (needs a network).")
+@click.option("--device", default="cpu", show_default=True, help="Torch device to train on, e.g. cuda.")
+@click.option("--report/--no-report", default=True, show_default=True, help="Print the report of the study's runs.")
+@handle_errors
+def run(preset: str | None, config_path: Path | None, out: Path, jobs: int, data_root: Path | None,
+        download: bool, device: str, report: bool) -> None:
+    """Train every run of a study not yet done under OUT, then report. Rerunning the same
+    command skips finished runs and redoes unfinished ones."""
+    study = _study(preset, config_path)
+    options = runner.RunOptions(data_root=data_root, download=download, jobs=jobs, device=device)
+    validate(study, options)
+    outcome = _run_with_progress(study, out, options)
+    if report and outcome.files:
+        from gfprobe.analysis.report import build_report
+        from gfprobe.render.report import render_table
+
+        render_table(console(), build_report(outcome.files))
+    click.echo(f"{len(outcome.files)} of {len(study)} runs done ({len(outcome.trained)} trained now); "
+               f"run files: {out / runner.RUNS_DIR}/", err=True)
+    if outcome.failed:
+        for run_id, reason in sorted(outcome.failed.items()):
+            click.echo(f"gfprobe: run {run_id} failed: {reason}", err=True)
+        raise UserError(f"{len(outcome.failed)} runs failed; fix the cause and rerun the same command to redo them",
+                        exit_code=1)
+
+
+def _study(preset: str | None, config_path: Path | None) -> Study:
+    if preset is not None and config_path is None:
+        return load_preset(preset)
+    if config_path is not None and preset is None:
+        return load_study(config_path)
+    raise click.UsageError("give exactly one of --preset NAME or --config FILE")
+
+
+def validate(study: Study, options: runner.RunOptions) -> None:
+    """Everything that can be checked before training: every pair's capacity plan, and every
+    data set's files (loaded once here, so a missing file stops the study before it starts)."""
+    from gfprobe.study import capacity, data
+
+    if not study.runs:
+        raise ConfigError("the study has no runs")
+    _check_device(options.device)
+    pairs = {(s.arch, s.dataset, s.sparse_width, s.density, s.hidden_layers) for s in study.runs}
+    for arch, dataset, width, density, hidden in sorted(pairs):
+        capacity.plan_pair(arch, names.DATASETS[dataset], width, density, hidden)
+    for dataset in sorted({spec.dataset for spec in study.runs}):
+        data.load(dataset, options.data_root, options.download)
+
+
+def _check_device(device: str) -> None:
+    import torch
+
+    try:
+        parsed = torch.device(device)
+    except RuntimeError:
+        raise ConfigError(f"--device {device!r} is not a torch device; use cpu, cuda or cuda:N") from None
+    if parsed.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"--device {device}: this torch build or machine has no CUDA device; use --device cpu")
+
+
+def _run_with_progress(study: Study, out: Path, options: runner.RunOptions) -> runner.StudyOutcome:
+    columns = (TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn())
+    with Progress(*columns, console=console(), transient=False) as bar:
+        task = bar.add_task(f"{study.name}: planning", total=len(study))
+
+        def started(done: int, todo: int) -> None:
+            bar.update(task, completed=done, description=f"{study.name}: {todo} runs to train")
+
+        def finished(spec: RunSpec, error: str | None) -> None:
+            bar.update(task, advance=1, description=f"{study.name}: {'failed' if error else 'done'} {spec.run_id}")
+
+        try:
+            return runner.run_study(study, out, options, started, finished)
+        except KeyboardInterrupt:
+            raise UserError(f"interrupted; rerun the same command to finish the study in {out}",
+                            exit_code=130) from None
