@@ -79,7 +79,8 @@ def test_a_study_trains_both_members_of_each_pair_and_records_what_the_report_ne
             # The raw gradient of masked weights is recorded, and is not zero: gf_p ≠ masked norms.
             assert (stream.stats["sumsq"][:, weights] > stream.stats["masked_sumsq"][:, weights]).all()
             assert set(stream.params.mask_sources[i] for i in weights) == {"explicit"}
-    assert "Gradient flow" in output  # the report follows the training
+    assert "SC-SDC: test_acc" in output and "Kendall" in output  # the report follows the training
+    assert (out / "plots" / "scsdc.png").exists() and (out / "plots" / "scatter.png").exists()
 
 
 def test_rerunning_skips_finished_runs_and_redoes_unfinished_ones(tmp_path: Path) -> None:

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
+import multiprocessing
+import os
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -13,8 +17,9 @@ from gfprobe.measures import MEASURES, LayerStats, compute_all, layer_norms
 from gfprobe.store.reader import Metric, RunFile, StreamData, open_run
 from gfprobe.summary import DEFAULT_POINTS, summarise
 
-_LAYER_FIELDS = ("sumsq", "sum_abs", "masked_sumsq", "masked_sum_abs", "active", "max_abs",
-                 "nonfinite", "has_grad")
+# What the measures need; the per-layer table also reads the largest |g| and non-finite counts.
+_MEASURE_FIELDS = ("sumsq", "sum_abs", "masked_sumsq", "masked_sum_abs", "active")
+_LAYER_FIELDS = (*_MEASURE_FIELDS, "max_abs", "nonfinite")
 # Metrics where lower is better; every other metric is taken as higher-is-better.
 _LOWER_IS_BETTER = ("loss", "error", "err", "perplexity", "ppl", "mse", "mae")
 
@@ -40,7 +45,7 @@ class RunSummary:
     measures: dict[str, float]
     metrics: dict[str, dict[str, float]]
     attrs: dict[str, Any]
-    series: dict[str, np.ndarray] = field(repr=False)
+    series: dict[str, np.ndarray] = field(repr=False)  # per-step egf_2 (the report's sparkline)
     per_layer: list[LayerSummary] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
@@ -88,7 +93,7 @@ def metric_summary(metric: Metric) -> dict[str, float]:
 
 def summarise_run(run: RunFile, stream_index: int = 0, how: str = "points",
                   points: int = DEFAULT_POINTS, per_layer: bool = False) -> RunSummary:
-    stream = run.stream(stream_index, fields=_LAYER_FIELDS)
+    stream = run.stream(stream_index, fields=_LAYER_FIELDS if per_layer else _MEASURE_FIELDS)
     stats, cols = weight_layer_stats(stream)
     series = compute_all(stats)
     layers = _per_layer(stream, stats, cols, how, points) if per_layer else []
@@ -101,7 +106,7 @@ def summarise_run(run: RunFile, stream_index: int = 0, how: str = "points",
         measures={name: summarise(series[name], how, points) for name in MEASURES},
         metrics={name: metric_summary(m) for name, m in sorted(run.metrics().items())},
         attrs=run.attrs,
-        series=series,
+        series={"egf_2": series["egf_2"].astype(np.float32)},
         per_layer=layers,
     )
 
@@ -125,9 +130,43 @@ def _per_layer(stream: StreamData, stats: LayerStats, cols: list[int], how: str,
     return out
 
 
+PARALLEL_FROM = 64  # files: below this, worker processes cost more than they save
+CHUNK = 16  # files per task handed to a worker process
+
+
 def build_report(paths: Sequence[str | Path], stream_index: int = 0, how: str = "points",
-                 points: int = DEFAULT_POINTS, per_layer: bool = False) -> list[RunSummary]:
-    """Summaries of every run, in the order given. Each file is opened once."""
+                 points: int = DEFAULT_POINTS, per_layer: bool = False,
+                 on_file: Callable[[int], None] | None = None) -> list[RunSummary]:
+    """Summaries of every run, in the order given. Each file is opened once, and only the
+    statistics the summaries need are read. ``on_file(n)`` is called as files are done (n so far).
+
+    Reading is decompression-bound, and HDF5 serialises threads, so many files are read by worker
+    processes (one per core); the summaries come back small (one per-step series).
+    """
+    read = functools.partial(_summarise_paths, stream_index=stream_index, how=how, points=points,
+                             per_layer=per_layer)
+    workers = min(os.cpu_count() or 1, 8)
+    chunks = [list(paths[i:i + CHUNK]) for i in range(0, len(paths), CHUNK)]
+    if len(paths) < PARALLEL_FROM or workers < 2:
+        results = []
+        for chunk in chunks:
+            results.append(read(chunk))
+            if on_file is not None:
+                on_file(sum(map(len, results)))
+        return [summary for result in results for summary in result]
+    context = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+        futures = [pool.submit(read, chunk) for chunk in chunks]
+        done = 0
+        for _ in as_completed(futures):
+            done += CHUNK
+            if on_file is not None:
+                on_file(min(done, len(paths)))
+        return [summary for future in futures for summary in future.result()]
+
+
+def _summarise_paths(paths: Sequence[str | Path], stream_index: int, how: str, points: int,
+                     per_layer: bool) -> list[RunSummary]:
     summaries = []
     for path in paths:
         with open_run(path) as run:

@@ -7,6 +7,7 @@ import click
 from gfprobe import __version__
 from gfprobe.cli.demo import demo
 from gfprobe.cli.inspect import inspect
+from gfprobe.cli.plot import plot
 from gfprobe.cli.record import record
 from gfprobe.cli.report import report
 from gfprobe.cli.scsdc import scsdc
@@ -19,5 +20,5 @@ def main() -> None:
     run into an HDF5 file, then report Effective Gradient Flow and the standard norms."""
 
 
-for command in (record, report, inspect, demo, scsdc):
+for command in (record, report, inspect, plot, demo, scsdc):
     main.add_command(command)

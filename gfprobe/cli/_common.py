@@ -47,8 +47,8 @@ def format_option(choices: tuple[str, ...] = FORMATS) -> Callable[[F], F]:
                         show_default=True, help="Output format.")
 
 
-def console() -> Console:
+def console(stderr: bool = False) -> Console:
     """A console that honours NO_COLOR and GFPROBE_WIDTH (used for stable golden files)."""
     width = os.environ.get("GFPROBE_WIDTH")
     return Console(width=int(width) if width else None, no_color="NO_COLOR" in os.environ,
-                   highlight=False, soft_wrap=False)
+                   highlight=False, soft_wrap=False, stderr=stderr)

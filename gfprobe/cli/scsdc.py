@@ -8,7 +8,7 @@ import click
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from gfprobe.cli._common import UserError, console, format_option, handle_errors
-from gfprobe.errors import ConfigError
+from gfprobe.errors import ConfigError, GfprobeError
 from gfprobe.render import plan as render_plan
 from gfprobe.render.formats import to_json
 from gfprobe.study import names, runner
@@ -91,10 +91,7 @@ def run(preset: str | None, config_path: Path | None, out: Path, jobs: int, data
     validate(study, options)
     outcome = _run_with_progress(study, out, options)
     if report and outcome.files:
-        from gfprobe.analysis.report import build_report
-        from gfprobe.render.report import render_table
-
-        render_table(console(), build_report(outcome.files))
+        _report(outcome.files, out)
     click.echo(f"{len(outcome.files)} of {len(study)} runs done ({len(outcome.trained)} trained now); "
                f"run files: {out / runner.RUNS_DIR}/", err=True)
     if outcome.failed:
@@ -102,6 +99,30 @@ def run(preset: str | None, config_path: Path | None, out: Path, jobs: int, data
             click.echo(f"gfprobe: run {run_id} failed: {reason}", err=True)
         raise UserError(f"{len(outcome.failed)} runs failed; fix the cause and rerun the same command to redo them",
                         exit_code=1)
+
+
+def _report(files: list[Path], out: Path) -> None:
+    """The study's SC-SDC and correlation tables, and its figures next to the runs."""
+    from gfprobe.analysis.report import build_report
+    from gfprobe.analysis.scsdc import compare
+    from gfprobe.analysis.sections import Request, analyse
+    from gfprobe.render import correlation as render_correlation
+    from gfprobe.render import plots
+    from gfprobe.render import scsdc as render_scsdc
+
+    summaries = build_report(files)
+    sections = analyse(summaries, Request(runs=False, correlate=("test_acc",), scsdc=True))
+    render_scsdc.render_table(console(), sections.scsdc or [], sections.pivots, "test_acc")
+    console().print()
+    render_correlation.render_table(console(), sections.correlation or [])
+    try:
+        figures = [plots.plot_scsdc(compare(summaries), out / "plots" / "scsdc.png"),
+                   plots.plot_scatter(summaries, out / "plots" / "scatter.png")]
+    except GfprobeError as exc:  # matplotlib is optional: the tables stand without the figures
+        click.echo(f"gfprobe: no figures ({exc})", err=True)
+        return
+    click.echo(f"figures: {', '.join(str(f) for f in figures)}; more with 'gfprobe plot {out / runner.RUNS_DIR}'",
+               err=True)
 
 
 def _study(preset: str | None, config_path: Path | None) -> Study:

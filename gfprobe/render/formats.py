@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+from rich.table import Table
 
 FORMATS = ("table", "json", "csv", "markdown")
 _BARS = "▁▂▃▄▅▆▇█"
@@ -39,6 +40,13 @@ def sparkline(values: np.ndarray, width: int = 16) -> str:
     lo, hi = levels.min(), levels.max()
     scaled = np.zeros_like(levels) if hi - lo < 1e-12 else (levels - lo) / (hi - lo)
     return "".join(_BARS[round(s * (len(_BARS) - 1))] for s in scaled)
+
+
+def add_number_columns(table: Table, headers: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
+    """Right-aligned columns as wide as their widest cell, so rich never cuts a number."""
+    for i, header in enumerate(headers):
+        width = max([len(header), *(len(row[i]) for row in rows)])
+        table.add_column(header, justify="right", no_wrap=True, min_width=width)
 
 
 def to_json(payload: Any) -> str:

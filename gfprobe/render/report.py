@@ -13,7 +13,7 @@ from rich.table import Table
 
 from gfprobe.analysis.report import RunSummary
 from gfprobe.measures import MEASURES
-from gfprobe.render.formats import fmt, sparkline, to_csv, to_json, to_markdown
+from gfprobe.render.formats import add_number_columns, fmt, sparkline, to_csv, to_json, to_markdown
 
 
 def _metric_names(runs: Sequence[RunSummary]) -> list[str]:
@@ -61,13 +61,6 @@ def _table(title: str) -> Table:
                  collapse_padding=True, min_width=len(title))
 
 
-def _add_number_columns(table: Table, headers: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
-    """Right-aligned columns as wide as their widest cell, so rich never cuts a number."""
-    for i, header in enumerate(headers):
-        width = max([len(header), *(len(row[i]) for row in rows)])
-        table.add_column(header, justify="right", no_wrap=True, min_width=width)
-
-
 def run_labels(runs: Sequence[RunSummary]) -> tuple[list[str], str]:
     """Short labels that tell runs apart, and the prefix they share (removed from the labels).
 
@@ -95,7 +88,7 @@ def render_table(console: Console, runs: Sequence[RunSummary], per_layer: bool =
              *(fmt(run.measures[m]) for m in MEASURES)] for run in runs]
     # Numbers are never cut; on a narrow terminal the run names are shortened with an ellipsis.
     table.add_column("run", overflow="ellipsis", min_width=8)
-    _add_number_columns(table, headers, rows)
+    add_number_columns(table, headers, rows)
     for label, run, cells in zip(labels, runs, rows, strict=True):
         status = "" if run.status == "complete" else f" ({run.status})"
         table.add_row(label + status, *cells)
@@ -106,7 +99,7 @@ def render_table(console: Console, runs: Sequence[RunSummary], per_layer: bool =
              *(f"{fmt(run.metrics[m]['last'])} / {fmt(run.metrics[m]['best'])}" if m in run.metrics else "–"
                for m in names)] for run in runs]
     trend.add_column("run", overflow="ellipsis", min_width=8)
-    _add_number_columns(trend, ("egf_2 trend", *names), rows)
+    add_number_columns(trend, ("egf_2 trend", *names), rows)
     for label, cells in zip(labels, rows, strict=True):
         trend.add_row(label, *cells)
     console.print(trend)

@@ -1,0 +1,207 @@
+"""Rendering of the SC-SDC section: one row per configuration, then the research's pivot tables
+(SCIENCE.md §5) of one-sided p-values with the significant cells marked."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from rich import box
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from gfprobe.analysis.scsdc import ALPHA, Cell, Comparison, Side
+from gfprobe.render.formats import add_number_columns, fmt, to_csv, to_markdown
+from gfprobe.study import names
+
+MARK = "*"  # p <= ALPHA (also bold on a colour terminal)
+TEST_NAMES = {"welch": "Welch's t-test", "mwu": "Mann–Whitney U"}
+# Column orders the research uses, where the values are the study engine's names.
+ORDERS: dict[str, Sequence[str]] = {"regularisation": names.REGULARISATIONS, "activation": names.ACTIVATIONS,
+                                    "optimizer": names.OPTIMIZERS}
+
+
+# Which of several attributes that tell configurations apart to show, in order of preference.
+PREFERRED = ("dataset", "arch", "hidden_layers", "optimizer", "regularisation", "activation", "pair_density", "lr")
+
+
+def varying_keys(rows: Sequence[Comparison]) -> tuple[list[str], dict[str, Any]]:
+    """Config attributes that tell configurations apart, and those common to all.
+
+    An attribute that is a function of one already shown (the study engine's ``active_weights``
+    and ``dense_width`` of ``pair_density``; ``lr`` when each optimizer has its own) is left out.
+    """
+    keys = list(dict.fromkeys(k for row in rows for k in row.config))
+    common = {k: rows[0].config.get(k) for k in keys if len({repr(r.config.get(k)) for r in rows}) == 1} if rows \
+        else {}
+    candidates = sorted((k for k in keys if k not in common),
+                        key=lambda k: (PREFERRED.index(k) if k in PREFERRED else len(PREFERRED), k))
+    shown: list[str] = []
+    for key in candidates:
+        if not any(_determined_by(rows, key, other) for other in shown):
+            shown.append(key)
+    return shown, common
+
+
+def _determined_by(rows: Sequence[Comparison], key: str, other: str) -> bool:
+    seen: dict[str, str] = {}
+    for row in rows:
+        value, given = repr(row.config.get(key)), repr(row.config.get(other))
+        if seen.setdefault(given, value) != value:
+            return False
+    return True
+
+
+def _sort_key(row: Comparison, keys: Sequence[str]) -> tuple[Any, ...]:
+    """Numbers as numbers, everything else as text, in the order of the shown keys."""
+    return tuple((0, v, "") if isinstance(v := row.config.get(k), int | float) and not isinstance(v, bool)
+                 else (1, 0, str(v)) for k in keys)
+
+
+def _side(side: Side | None) -> str:
+    if side is None:
+        return "–"
+    std = f"{side.acc_std:.3f}" if math.isfinite(side.acc_std) else "–"
+    return f"{side.acc_mean:.3f} ± {std} ({side.n})"
+
+
+def _diff(diff: float) -> str:
+    return f"{diff:+.3f}" if math.isfinite(diff) else "–"
+
+
+def _p(p: float) -> str:
+    return "–" if not math.isfinite(p) else f"{p:.3f}{MARK if p <= ALPHA else ' '}"
+
+
+def _label(config: Mapping[str, Any], keys: Sequence[str]) -> str:
+    return " ".join(f"{k}={fmt(config.get(k))}" for k in keys) or "all runs"
+
+
+def _acc(side: Side | None) -> str:
+    if side is None:
+        return "–"
+    std = f"{side.acc_std:.3f}" if math.isfinite(side.acc_std) else "–"
+    return f"{side.acc_mean:.3f}±{std}"
+
+
+def _egf(side: Side | None) -> str:
+    return f"{side.egf_2:.3g}" if side is not None and math.isfinite(side.egf_2) else "–"
+
+
+def _counts(row: Comparison) -> str:
+    return f"{row.sparse.n if row.sparse else 0}/{row.dense.n if row.dense else 0}"
+
+
+def _heading(console: Console, text: str) -> None:
+    # Printed apart from the table: a table's title would wrap to the table's (narrow) width.
+    console.print(Text(text, style="italic"))
+
+
+def render_table(console: Console, rows: Sequence[Comparison], pivots: Mapping[tuple[str, str], Sequence[Cell]],
+                 metric: str) -> None:
+    if not rows:
+        return
+    varying, common = varying_keys(rows)
+    test = TEST_NAMES[rows[0].test]
+    _heading(console, f"SC-SDC: {metric} of sparse and capacity-matched dense runs; one-sided {test}, "
+                      "H1 sparse > dense")
+    ordered = sorted(rows, key=lambda r: _sort_key(r, varying))
+    usual = max((_counts(r) for r in rows), key=[_counts(r) for r in rows].count)
+    cells = [[_acc(r.sparse), _acc(r.dense), _diff(r.diff), _p(r.p), _egf(r.sparse), _egf(r.dense)] for r in ordered]
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
+    # The configuration is its values alone; the header names them (and may fold on a narrow terminal).
+    labels = [" ".join(fmt(r.config.get(k)) for k in varying) or "all runs" for r in ordered]
+    table.add_column(" ".join(varying) or "configuration", overflow="fold", min_width=max(map(len, labels)))
+    add_number_columns(table, ("sparse", "dense", "diff", "p", "egf_2 s", "egf_2 d"), cells)
+    table.add_column("note", overflow="fold")
+    for row, label, values in zip(ordered, labels, cells, strict=True):
+        significant = math.isfinite(row.p) and row.p <= ALPHA
+        note = ", ".join(filter(None, [row.note, "" if _counts(row) == usual else f"runs {_counts(row)}"]))
+        table.add_row(label, *values, note, style="bold" if significant else None)
+    console.print(table)
+    console.print(Text(f"{metric}: mean±std over seeds ({usual} sparse/dense runs unless noted); egf_2 s/d: mean "
+                       f"egf_2 of each side; {MARK} p ≤ {ALPHA}; common to all: {_label(common, list(common))}",
+                       style="dim"))
+    for (rows_key, columns_key), pivot_cells in pivots.items():
+        console.print()
+        _heading(console, f"SC-SDC p-values, {rows_key} × {columns_key} ({test}; a cell pools its configurations)")
+        console.print(_pivot_table(rows_key, columns_key, pivot_cells))
+
+
+def _ordered(values: set[Any], key: str) -> list[Any]:
+    order = ORDERS.get(key, ())
+    return sorted(values, key=lambda v: (order.index(v) if v in order else len(order), str(v)))
+
+
+def _grid(rows_key: str, columns_key: str, cells: Sequence[Cell]) -> tuple[list[Any], list[Any], dict[Any, Cell]]:
+    rows = _ordered({c.row for c in cells}, rows_key)
+    columns = _ordered({c.column for c in cells}, columns_key)
+    return rows, columns, {(c.row, c.column): c for c in cells}
+
+
+def _pivot_table(rows_key: str, columns_key: str, cells: Sequence[Cell]) -> Table:
+    rows, columns, by_key = _grid(rows_key, columns_key, cells)
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
+    table.add_column(rows_key, no_wrap=True)
+    for column in columns:
+        table.add_column(str(column), justify="right", no_wrap=True)
+    for row in rows:
+        values = []
+        for column in columns:
+            cell = by_key.get((row, column))
+            text = _p(cell.p) if cell else "–"
+            values.append(f"[bold]{text}[/bold]" if cell and math.isfinite(cell.p) and cell.p <= ALPHA else text)
+        table.add_row(str(row), *values)
+    return table
+
+
+def _config_rows(rows: Sequence[Comparison]) -> tuple[list[str], list[list[Any]]]:
+    keys = list(dict.fromkeys(k for row in rows for k in row.config))
+    header = [*keys, *(f"{side}_{field}" for side in ("sparse", "dense") for field in ("n", "acc_mean", "acc_std",
+                                                                                        "egf_2")),
+              "diff", "p", "test", "note"]
+    body = []
+    for row in rows:
+        sides: list[Any] = []
+        for side in (row.sparse, row.dense):
+            sides += [side.n, side.acc_mean, side.acc_std, side.egf_2] if side else [None] * 4
+        body.append([*(row.config.get(k) for k in keys), *sides, row.diff, row.p, row.test, row.note])
+    return header, body
+
+
+def render_csv(rows: Sequence[Comparison], pivots: Mapping[tuple[str, str], Sequence[Cell]]) -> str:
+    blocks = [to_csv(*_config_rows(rows))]
+    for (rows_key, columns_key), cells in pivots.items():
+        header = [rows_key, columns_key, "configs", "n_sparse", "n_dense", "diff", "p"]
+        blocks.append(f"# pivot {rows_key} x {columns_key}\n" + to_csv(
+            header, [[c.row, c.column, c.configs, c.n_sparse, c.n_dense, c.diff, c.p] for c in cells]))
+    return "\n".join(blocks)
+
+
+def render_markdown(rows: Sequence[Comparison], pivots: Mapping[tuple[str, str], Sequence[Cell]],
+                    metric: str) -> str:
+    if not rows:
+        return ""
+    varying, common = varying_keys(rows)
+    test = TEST_NAMES[rows[0].test]
+    body = [[_label(r.config, varying), _side(r.sparse), _side(r.dense), r.sparse.egf_2 if r.sparse else None,
+             r.dense.egf_2 if r.dense else None, _diff(r.diff), _p(r.p), r.note]
+            for r in sorted(rows, key=lambda r: _sort_key(r, varying))]
+    text = (f"**SC-SDC: {metric}, one-sided {test} (H1 sparse > dense)**; common to all: "
+            f"{_label(common, list(common))}\n\n"
+            + to_markdown(["configuration", "sparse", "dense", "egf_2 sparse", "egf_2 dense", "diff", "p", "note"],
+                          body))
+    for (rows_key, columns_key), cells in pivots.items():
+        row_values, columns, by_key = _grid(rows_key, columns_key, cells)
+        grid = [[row, *(_bold_p(by_key.get((row, c))) for c in columns)] for row in row_values]
+        text += f"\n**p-values, {rows_key} × {columns_key}** (bold: p ≤ {ALPHA})\n\n"
+        text += to_markdown([rows_key, *map(str, columns)], grid)
+    return text
+
+
+def _bold_p(cell: Cell | None) -> str:
+    if cell is None or not math.isfinite(cell.p):
+        return "–"
+    return f"**{cell.p:.3f}**" if cell.p <= ALPHA else f"{cell.p:.3f}"
