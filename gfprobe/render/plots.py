@@ -41,7 +41,7 @@ def _pyplot() -> Any:
     matplotlib.use("Agg")  # files only: never a window, works without a display
     import matplotlib.pyplot as plt
 
-    plt.rcParams.update({"figure.dpi": 150, "savefig.bbox": "tight", "axes.spines.top": False,
+    plt.rcParams.update({"figure.dpi": 150, "savefig.bbox": "tight", "svg.fonttype": "none", "axes.spines.top": False,
                          "axes.spines.right": False, "font.size": 9, "axes.titlesize": 9, "legend.fontsize": 7,
                          "legend.frameon": False})
     return plt

@@ -87,6 +87,7 @@ class RunFile:
     def __init__(self, path: Path, handle: h5py.File) -> None:
         self.path = path
         self._f = handle
+        self._owners: np.ndarray | None = None
 
     @property
     def metadata(self) -> dict[str, Any]:
@@ -136,8 +137,9 @@ class RunFile:
         return _text(self._f["streams"]["optimizer"][:])
 
     def _stream_columns(self, stream: int) -> np.ndarray:
-        owner = self._f["params"]["stream"][:]
-        return np.flatnonzero(owner == stream)
+        if self._owners is None:  # read once: stream() and params() both need it
+            self._owners = self._f["params"]["stream"][:]
+        return np.flatnonzero(self._owners == stream)
 
     def params(self, stream: int = 0) -> ParamTable:
         cols = self._stream_columns(stream)
@@ -211,8 +213,6 @@ def open_run(path: str | Path) -> Iterator[RunFile]:
         raise RunFileError(f"{p}: no such file; pass the path of a run file written by 'gfprobe record'")
     if p.is_dir():
         raise RunFileError(f"{p}: is a folder; pass the run files inside it (e.g. {p}/*.h5)")
-    if not h5py.is_hdf5(p):
-        raise RunFileError(f"{p}: not an HDF5 file (truncated or another format); pass a gfprobe run file")
     handle = _open_handle(p)
     try:
         _validate(p, handle)
@@ -231,6 +231,9 @@ def _open_handle(path: Path) -> h5py.File:
         return h5py.File(path, "r")
     except OSError as exc:
         message = _short(exc)
+        if not h5py.is_hdf5(path):  # asked only after a failure: it costs an open of its own
+            raise RunFileError(f"{path}: not an HDF5 file (truncated or another format); "
+                               "pass a gfprobe run file") from exc
         if "already open for write" not in message:
             kind = "truncated" if "truncated" in message else "damaged"
             raise RunFileError(f"{path}: {kind} HDF5 file ({message}); it cannot be read") from exc
