@@ -46,9 +46,9 @@ def analyse(summaries: Sequence[RunSummary], request: Request) -> Sections:
                                                           resamples=request.resamples, seed=request.seed)]
     if request.scsdc:
         out.scsdc = scsdc.compare(summaries, request.scsdc_metric, request.test)
-        keys = {key for comparison in out.scsdc for key in comparison.config}
         for rows, columns in PIVOTS:
-            if rows in keys and columns in keys:
+            values = {repr(c.config[columns]) for c in out.scsdc if rows in c.config and columns in c.config}
+            if len(values) > 1:  # a single column would only repeat the per-configuration table
                 out.pivots[(rows, columns)] = scsdc.pivot(summaries, out.scsdc, rows, columns,
                                                           request.scsdc_metric, request.test)
     return out

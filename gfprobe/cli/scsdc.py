@@ -166,10 +166,15 @@ def _run_with_progress(study: Study, out: Path, options: runner.RunOptions) -> r
         task = bar.add_task(f"{study.name}: planning", total=len(study))
 
         def started(done: int, todo: int) -> None:
-            bar.update(task, completed=done, description=f"{study.name}: {todo} runs to train")
+            bar.update(task, completed=done, description=f"{study.name}: training")
+
+        failures = 0
 
         def finished(spec: RunSpec, error: str | None) -> None:
-            bar.update(task, advance=1, description=f"{study.name}: {'failed' if error else 'done'} {spec.run_id}")
+            nonlocal failures
+            failures += error is not None
+            bar.update(task, advance=1, description=f"{study.name}: training" + (f", {failures} failed"
+                                                                                   if failures else ""))
 
         try:
             return runner.run_study(study, out, options, started, finished)
