@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 ARCHS = ("mlp", "cnn")
@@ -29,10 +30,7 @@ class DatasetInfo:
 
     @property
     def features(self) -> int:
-        n = 1
-        for d in self.shape:
-            n *= d
-        return n
+        return math.prod(self.shape)
 
 
 DATASETS: dict[str, DatasetInfo] = {
