@@ -310,3 +310,24 @@ def test_bug_internal_failure_mid_run_finalises_the_file_with_the_steps_before_i
         assert run.metadata["status"] == "failed"
         assert "ZeroDivisionError" in run.metadata["error"]
         assert run.stream(0).steps.tolist() == [0, 1, 2, 3, 4]
+
+
+def test_bug_rows_of_an_optimizer_collected_before_close_are_kept(tmp_path: Path) -> None:
+    """Regression: streams are keyed weakly by optimizer; an optimizer garbage-collected before
+    close() (a local of a script's main(), as under 'gfprobe record') lost its unflushed rows."""
+    import gc
+
+    model, other = make_model(0), make_model(1)
+
+    def train_with_a_local_optimizer() -> None:
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        train(model, opt, 7)
+
+    probe = gfprobe.watch(None, out=tmp_path / "run.h5")
+    train_with_a_local_optimizer()
+    train(other, torch.optim.SGD(other.parameters(), lr=0.1), 2)  # the probe's last-fired reference moves on
+    gc.collect()
+    probe.close()
+    with open_run(tmp_path / "run.h5") as run:
+        assert run.stream(0).steps.tolist() == list(range(7))
+        assert run.stream(1).steps.tolist() == [0, 1]

@@ -172,7 +172,15 @@ class Probe:
         index = self._recorder.add_stream(type(optimizer).__name__, [t.info for t in tracked])
         stream = _Stream(index, tracked, make_stats(tracked))
         self._streams[optimizer] = stream
+        # The streams are keyed weakly, so a probe never keeps an optimizer alive; when one is
+        # collected before close() (a local of a script's main(), say), its rows are written first.
+        weakref.finalize(optimizer, self._flush_gone, stream)
         return stream
+
+    def _flush_gone(self, stream: _Stream) -> None:
+        if not self._closed and os.getpid() == self._recorder.pid:
+            with contextlib.suppress(Exception):  # runs inside garbage collection: never raise
+                self._flush(stream)
 
     def _flush(self, stream: _Stream) -> None:
         if not stream.rows:
