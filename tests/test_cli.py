@@ -88,7 +88,8 @@ def test_report_accepts_a_folder(runner: CliRunner) -> None:
     assert sorted(Path(r["path"]).name for r in json.loads(result.output)["runs"]) == sorted(FILES)
 
 
-@pytest.mark.parametrize("command", [[], ["record"], ["report"], ["inspect"], ["demo"], ["scsdc"], ["scsdc", "plan"],
+@pytest.mark.parametrize("command", [[], ["record"], ["report"], ["inspect"], ["check"], ["plot"], ["demo"],
+                                     ["scsdc"], ["scsdc", "plan"],
                                      ["scsdc", "run"], ["scsdc", "presets"]])
 def test_every_command_has_help(command: list[str]) -> None:
     result = CliRunner().invoke(main, [*command, "--help"])

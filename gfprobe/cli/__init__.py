@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from gfprobe import __version__
+from gfprobe.cli.check import check
 from gfprobe.cli.demo import demo
 from gfprobe.cli.inspect import inspect
 from gfprobe.cli.plot import plot
@@ -20,5 +21,5 @@ def main() -> None:
     run into an HDF5 file, then report Effective Gradient Flow and the standard norms."""
 
 
-for command in (record, report, inspect, plot, demo, scsdc):
+for command in (record, report, inspect, check, plot, demo, scsdc):
     main.add_command(command)

@@ -7,8 +7,11 @@ from pathlib import Path
 import click
 
 from gfprobe import launcher
+from gfprobe.analysis.check import check_runs
+from gfprobe.analysis.check_config import load_config
 from gfprobe.analysis.report import build_report
 from gfprobe.cli._common import UserError, handle_errors
+from gfprobe.cli.check import config_option, emit
 from gfprobe.errors import GfprobeError
 
 
@@ -24,18 +27,23 @@ from gfprobe.errors import GfprobeError
               help="Record the first capture group of output lines matching REGEX as metric NAME. Repeatable.")
 @click.option("--attr", "attrs", multiple=True, metavar="KEY=VALUE",
               help="A run attribute stored in the file (VALUE read as JSON if it parses). Repeatable.")
+@click.option("--check", "run_check", is_flag=True,
+              help="Check the recorded run's gradient health afterwards (as 'gfprobe check').")
+@config_option
 @click.argument("command", nargs=-1, type=click.UNPROCESSED, required=True)
 @handle_errors
 def record(out: Path | None, force: bool, every: int, masks: str, metrics: tuple[str, ...],
-           attrs: tuple[str, ...], command: tuple[str, ...]) -> None:
+           attrs: tuple[str, ...], run_check: bool, config_path: Path | None, command: tuple[str, ...]) -> None:
     """Run COMMAND and record the gradients of every torch optimizer it steps.
 
     \b
     Example:
       gfprobe record --out run.h5 -- python train.py --epochs 3
     Put -- before COMMAND. No change to the script is needed; under torchrun, rank 0 records.
-    gfprobe exits with COMMAND's exit code.
+    gfprobe exits with COMMAND's exit code; with --check, a failing COMMAND's code wins, then the
+    check's (1 when a rule fails).
     """
+    config = load_config(config_path)[0] if run_check else None  # a bad config stops us before COMMAND runs
     options = launcher.RecordOptions(
         out=out, force=force, every=every, masks=masks,
         metrics=dict(launcher.parse_metric(m) for m in metrics),
@@ -53,7 +61,9 @@ def record(out: Path | None, force: bool, every: int, masks: str, metrics: tuple
         )
     for path in result.files:
         click.echo(f"gfprobe: {_describe(path)}", err=True)
-    raise SystemExit(result.exit_code)
+    if config is None or result.exit_code != 0:
+        raise SystemExit(result.exit_code)
+    raise SystemExit(emit(check_runs(result.files, config), "table", None))
 
 
 def _describe(path: Path) -> str:

@@ -1,0 +1,114 @@
+"""The rules of ``gfprobe check``, their defaults, and their configuration.
+
+Configuration lives in ``[tool.gfprobe.check]`` of the ``pyproject.toml`` found from the working
+directory upwards, or in a TOML file given with ``--config`` (its ``[tool.gfprobe.check]`` table,
+or the whole file when it has none). One table per rule; every key is optional::
+
+    [tool.gfprobe.check]
+    vanishing = { threshold = 1e-9 }
+    instability = { max_cv = 2.0 }
+    mask_leak = { enabled = false }
+
+A misspelt rule or key, or a value of the wrong type, is an error that names it (exit 2).
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import tomllib
+
+from gfprobe.errors import ConfigError
+
+# Each rule's settings and defaults. Defaults are set so that healthy training passes: on the 240
+# MNIST-1D runs of docs/science-check.md the largest values were a coefficient of variation of
+# egf_2 of 0.73, a layer-norm ratio of 4.6, a step-to-step egf_2 jump of 13.9x, no collapse.
+DEFAULTS: dict[str, dict[str, Any]] = {
+    "nonfinite": {"enabled": True},
+    "amp_skips": {"enabled": True, "max_fraction": 0.05},
+    "vanishing": {"enabled": True, "threshold": 1e-8, "max_fraction": 0.5, "collapse_orders": 3.0},
+    "exploding": {"enabled": True, "threshold": 1e4, "jump_factor": 100.0},
+    "dead": {"enabled": True},
+    "imbalance": {"enabled": True, "max_ratio": 1e4},
+    "mask_leak": {"enabled": True},
+    "instability": {"enabled": True, "max_cv": 1.0},
+}
+RULES = tuple(DEFAULTS)
+DESCRIPTIONS = {
+    "nonfinite": "no NaN or Inf in any gradient at any step AMP did not skip",
+    "amp_skips": "GradScaler skipped at most max_fraction of the steps",
+    "vanishing": "no weight layer's ‖g⊙m‖₂ below threshold for more than max_fraction of the steps, and "
+                 "egf_2 at the end not collapse_orders orders of magnitude below its start",
+    "exploding": "no weight layer's ‖g⊙m‖₂ above threshold, and no step-to-step rise of egf_2 beyond jump_factor",
+    "dead": "no weight layer with an exactly zero gradient at every step",
+    "imbalance": "median over steps of the largest over the smallest weight-layer norm at most max_ratio",
+    "mask_leak": "the optimizer gets no non-zero gradient for masked weights (explicit and zeros masks)",
+    "instability": "coefficient of variation of egf_2 over the second half of training at most max_cv",
+}
+
+
+Config = dict[str, dict[str, Any]]
+
+
+def find_pyproject(start: Path) -> Path | None:
+    """The nearest pyproject.toml at or above ``start``."""
+    for folder in (start, *start.parents):
+        candidate = folder / "pyproject.toml"
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def load_config(path: Path | None = None, cwd: Path | None = None) -> tuple[Config, Path | None]:
+    """The rules' settings (defaults merged with the file's) and the file they came from."""
+    source = path if path is not None else find_pyproject((cwd or Path.cwd()).resolve())
+    if source is None:
+        return validate({}), None
+    try:
+        document = tomllib.loads(source.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"--config {source}: no such file") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{source}: not valid TOML ({exc})") from None
+    table = document.get("tool", {}).get("gfprobe", {}).get("check")
+    if table is None:
+        table = {} if path is None else document  # a pyproject without the table: the defaults
+    return validate(table, str(source)), source
+
+
+def validate(table: Mapping[str, Any], source: str = "configuration") -> Config:
+    """Merge a check table into the defaults, refusing unknown rules, keys and wrong types."""
+    config = {rule: dict(settings) for rule, settings in DEFAULTS.items()}
+    for rule, settings in table.items():
+        if rule not in DEFAULTS:
+            raise ConfigError(f"{source}: unknown check rule {rule!r}{_did_you_mean(rule, RULES)}; "
+                              f"rules: {', '.join(RULES)}")
+        if not isinstance(settings, Mapping):
+            raise ConfigError(f"{source}: rule {rule} must be a table, e.g. {rule} = {{ enabled = false }}")
+        for key, value in settings.items():
+            if key not in DEFAULTS[rule]:
+                raise ConfigError(f"{source}: rule {rule} has no setting {key!r}{_did_you_mean(key, DEFAULTS[rule])}; "
+                                  f"its settings: {', '.join(DEFAULTS[rule])}")
+            config[rule][key] = _typed(source, rule, key, value)
+    return config
+
+
+def _typed(source: str, rule: str, key: str, value: Any) -> Any:
+    default = DEFAULTS[rule][key]
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise ConfigError(f"{source}: {rule}.{key} = {value!r} must be true or false")
+        return value
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigError(f"{source}: {rule}.{key} = {value!r} must be a number")
+    if value < 0:
+        raise ConfigError(f"{source}: {rule}.{key} = {value!r} must not be negative")
+    return float(value)
+
+
+def _did_you_mean(word: str, allowed: Any) -> str:
+    close = difflib.get_close_matches(word, list(allowed), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""

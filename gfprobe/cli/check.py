@@ -1,0 +1,57 @@
+"""``gfprobe check RUN...``: gradient health as a CI gate (exit 0 pass, 1 a rule fails, 2 bad input)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from gfprobe.analysis.check import RunCheck, check_runs
+from gfprobe.analysis.check_config import DESCRIPTIONS, load_config
+from gfprobe.cli._common import console, handle_errors
+from gfprobe.cli.report import expand_runs
+from gfprobe.render import check as render
+
+EXIT_FAILED = 1
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def config_option(func: F) -> F:
+    return click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
+                        help="TOML file with the rules' settings [default: [tool.gfprobe.check] of the nearest "
+                             "pyproject.toml].")(func)
+
+
+def emit(checks: list[RunCheck], output_format: str, junit: Path | None) -> int:
+    """Print the results; write JUnit XML if asked; return the exit code."""
+    if output_format == "json":
+        click.echo(render.render_json(checks), nl=False)
+        click.echo()
+    elif output_format == "github":
+        click.echo(render.render_github(checks), nl=False)
+    else:
+        render.render_table(console(), checks)
+    if junit is not None:
+        render.write_junit(checks, junit)
+    return 0 if all(c.passed for c in checks) else EXIT_FAILED
+
+
+@click.command(epilog="Rules: " + "; ".join(f"{rule}: {text}" for rule, text in DESCRIPTIONS.items()) + ".")
+@click.argument("runs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@config_option
+@click.option("--format", "output_format", type=click.Choice(("table", "json", "github")), default="table",
+              show_default=True, help="github: workflow annotations (::error) for GitHub Actions.")
+@click.option("--junit", type=click.Path(dir_okay=False, path_type=Path), help="Also write a JUnit XML report here.")
+@click.option("--stream", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Which optimizer to check when the run stepped several.")
+@handle_errors
+def check(runs: tuple[Path, ...], config_path: Path | None, output_format: str, junit: Path | None,
+          stream: int) -> None:
+    """Check the gradient health of RUNS: exit 0 when every rule passes, 1 when one fails, 2 on
+    bad input. RUNS are run files or folders of them."""
+    config, _ = load_config(config_path)
+    raise SystemExit(emit(check_runs(expand_runs(runs), config, stream), output_format, junit))
