@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from gfprobe.cli._common import handle_errors
-from gfprobe.cli.report import expand_runs
+from gfprobe.cli.report import expand_runs, progress
 from gfprobe.measures import MEASURES
 from gfprobe.render import plots
 
@@ -32,13 +32,18 @@ def plot(runs: tuple[Path, ...], out: Path, kind: str, measures: tuple[str, ...]
     if kind in ("layers", "measures"):
         from gfprobe.analysis.series import read_series
 
-        series = [read_series(path) for path in paths]
+        series = []
+        with progress(len(paths)) as on_file:
+            for index, path in enumerate(paths):
+                series.append(read_series(path))
+                on_file(index + 1)
         written = (plots.plot_layers(series, out) if kind == "layers"
                    else plots.plot_measures(series, out, measures or ("gf_2", "egf_2", "gf_1", "egf_1")))
     else:
         from gfprobe.analysis.report import build_report
 
-        summaries = build_report(paths)
+        with progress(len(paths)) as on_file:
+            summaries = build_report(paths, on_file=on_file)
         if kind == "scatter":
             written = plots.plot_scatter(summaries, out, metric, measures or ("gf_2", "egf_2"))
         else:

@@ -58,7 +58,7 @@ def report(runs: tuple[Path, ...], output_format: str, per_layer: bool, how: str
                       correlate=correlate, method=method, by=by, scsdc=scsdc, scsdc_metric=scsdc_metric, test=test,
                       resamples=resamples)
     paths = expand_runs(runs)
-    with _progress(len(paths)) as on_file:
+    with progress(len(paths)) as on_file:
         summaries = build_report(paths, stream_index=stream, how=how, per_layer=per_layer, on_file=on_file)
     sections = analyse(summaries, request)
     _render(sections, request, output_format, per_layer)
@@ -104,7 +104,7 @@ def _render(sections: Sections, request: Request, output_format: str, per_layer:
 
 
 @contextmanager
-def _progress(total: int) -> Iterator[Callable[[int], None]]:
+def progress(total: int) -> Iterator[Callable[[int], None]]:
     """A progress bar on stderr that appears only when reading takes longer than a second."""
     started = time.monotonic()
     bar: Progress | None = None
