@@ -18,8 +18,8 @@ from gfprobe.store.reader import Metric, RunFile, StreamData, open_run
 from gfprobe.summary import DEFAULT_POINTS, summarise
 
 # What the measures need; the per-layer table also reads the largest |g| and non-finite counts.
-_MEASURE_FIELDS = ("sumsq", "sum_abs", "masked_sumsq", "masked_sum_abs", "active")
-_LAYER_FIELDS = (*_MEASURE_FIELDS, "max_abs", "nonfinite")
+MEASURE_FIELDS = ("sumsq", "sum_abs", "masked_sumsq", "masked_sum_abs", "active")
+_LAYER_FIELDS = (*MEASURE_FIELDS, "max_abs", "nonfinite")
 # Metrics where lower is better; every other metric is taken as higher-is-better.
 _LOWER_IS_BETTER = ("loss", "error", "err", "perplexity", "ppl", "mse", "mae")
 
@@ -93,7 +93,7 @@ def metric_summary(metric: Metric) -> dict[str, float]:
 
 def summarise_run(run: RunFile, stream_index: int = 0, how: str = "points",
                   points: int = DEFAULT_POINTS, per_layer: bool = False) -> RunSummary:
-    stream = run.stream(stream_index, fields=_LAYER_FIELDS if per_layer else _MEASURE_FIELDS)
+    stream = run.stream(stream_index, fields=_LAYER_FIELDS if per_layer else MEASURE_FIELDS)
     stats, cols = weight_layer_stats(stream)
     series = compute_all(stats)
     layers = _per_layer(stream, stats, cols, how, points) if per_layer else []

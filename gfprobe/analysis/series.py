@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from gfprobe.analysis.report import _MEASURE_FIELDS, weight_layer_stats
+from gfprobe.analysis.report import MEASURE_FIELDS, weight_layer_stats
 from gfprobe.measures import compute_all, layer_norms
 from gfprobe.store.reader import open_run
 
@@ -25,7 +25,7 @@ class RunSeries:
 
 def read_series(path: Path, stream_index: int = 0) -> RunSeries:
     with open_run(path) as run:
-        stream = run.stream(stream_index, fields=_MEASURE_FIELDS)
+        stream = run.stream(stream_index, fields=MEASURE_FIELDS)
         attrs = run.attrs
     stats, cols = weight_layer_stats(stream)
     return RunSeries(path, stream.steps[~stream.skipped], [stream.params.names[c] for c in cols],
