@@ -160,3 +160,14 @@ def test_the_c_kernel_was_built() -> None:
         "gfprobe.adapters._gradstats was not built (no C compiler at install time?); install one "
         "and reinstall, or set GFPROBE_EXPECT_NO_NATIVE=1 to test the BLAS fallback alone")
     assert torch_stats.DEFAULT_KERNEL == "native"
+
+
+@pytest.mark.parametrize("kernel", AVAILABLE)
+def test_a_gradient_that_requires_grad(kernel: str) -> None:
+    """backward(create_graph=True) leaves gradients that require grad: the kernels read them detached."""
+    layer = torch.nn.Linear(5, 3)
+    (layer(torch.randn(4, 5, generator=GEN)) ** 2).sum().backward(create_graph=True)
+    assert layer.weight.grad is not None and layer.weight.grad.requires_grad
+    row = CpuStats([tracked(layer.weight, None)], kernel).row()[:, 0]
+    close(row, reference(layer.weight.grad.detach(), None))
+    layer.weight.grad = None  # break the cycle create_graph makes

@@ -129,7 +129,7 @@ def _kernel_input(grad: torch.Tensor, ordered: bool) -> torch.Tensor:
     """
     if grad.is_sparse:
         grad = grad.to_dense() if ordered else grad.coalesce().values()
-    grad = grad.detach()
+    grad = grad.detach()  # a create_graph gradient requires grad; numpy() refuses those
     if grad.dtype not in _KERNEL_DTYPES:
         grad = grad.float()
     if not (grad.is_contiguous() if ordered else _is_dense(grad)):
@@ -156,32 +156,36 @@ class CpuStats:
         self._lens = np.zeros(n, dtype=np.int64)
         self._dtypes = np.zeros(n, dtype=np.int8)
         self._mask_ptrs = np.zeros(n, dtype=np.uint64)
-        # Masks that must be applied here (explicit and zeros masks; prune and parametrize
-        # gradients arrive masked already), as uint8 in row-major order, keyed by their source.
+        # Masks that must be applied here, prepared for the kernel, keyed by their source tensor.
         self._masks: dict[int, tuple[tuple[int, int], np.ndarray]] = {}
         self._buffers: dict[int, np.ndarray] = {}
 
     def row(self) -> np.ndarray:
+        """One pass over the parameters gathers what each kernel reads; the kernel runs once."""
         out = np.zeros((N_FIELDS, len(self._tracked)), dtype=np.float64)
         out[_F["active"]] = self._active.values
+        inputs = []  # (column, gradient as flat memory, mask to apply or None)
         for i, t in enumerate(self._tracked):
-            if t.mask is not None:
-                out[_F["active"], i] = self._active.refresh(i, t.mask())
-            out[_F["has_grad"], i] = t.param.grad is not None
+            source = t.mask() if t.mask is not None else None
+            if source is not None:
+                out[_F["active"], i] = self._active.refresh(i, source)
+            grad = t.param.grad
+            if grad is None:
+                continue
+            out[_F["has_grad"], i] = 1.0
+            mask = None if source is None or t.grad_is_masked else self._prepared_mask(i, source)
+            inputs.append((i, _kernel_input(grad, ordered=mask is not None), mask))
         if self._native is not None:
-            self._native_rows(out)
+            self._native_rows(out, inputs)
         else:
             with _single_threaded_blas():
-                self._blas_rows(out)
+                self._blas_rows(out, inputs)
         return out
 
-    def _applied_mask(self, index: int, t: TrackedParam) -> np.ndarray | None:
-        """The mask to apply to this parameter's gradient here, in the form the kernel reads:
-        bits packed 8 to a byte for the C kernel, booleans for BLAS. Prepared again only when the
-        mask tensor changes. None for prune and parametrize, whose gradients arrive masked."""
-        if t.mask is None or t.grad_is_masked:
-            return None
-        source = t.mask()
+    def _prepared_mask(self, index: int, source: torch.Tensor) -> np.ndarray:
+        """A mask to apply here (explicit and zeros masks; prune and parametrize gradients arrive
+        masked already) in the form the kernel reads: bits packed 8 to a byte for the C kernel,
+        booleans for BLAS. Prepared again only when the mask tensor changes."""
         key = (id(source), source._version)
         cached = self._masks.get(index)
         if cached is None or cached[0] != key:
@@ -190,31 +194,19 @@ class CpuStats:
             cached = self._masks[index] = (key, prepared)
         return cached[1]
 
-    def _native_rows(self, out: np.ndarray) -> None:
-        alive = []  # tensors whose memory the kernel reads: kept referenced until it returns
-        for i, t in enumerate(self._tracked):
-            grad = t.param.grad
-            mask = self._applied_mask(i, t)
-            if grad is None:
-                self._ptrs[i] = self._lens[i] = self._mask_ptrs[i] = 0
-                continue
-            flat = _kernel_input(grad, ordered=mask is not None)
-            alive.append(flat)
+    def _native_rows(self, out: np.ndarray, inputs: list[tuple[int, torch.Tensor, np.ndarray | None]]) -> None:
+        self._lens[:] = 0  # parameters without a gradient: zero elements, all statistics 0
+        for i, flat, mask in inputs:  # ``inputs`` keeps every tensor the kernel reads alive
             self._ptrs[i] = flat.data_ptr()
             self._lens[i] = flat.numel()
             self._dtypes[i] = _KERNEL_DTYPES[flat.dtype]
             self._mask_ptrs[i] = 0 if mask is None else mask.ctypes.data
         n = len(self._tracked)
         self._native.compute(self._ptrs, self._lens, self._dtypes, self._mask_ptrs, out, n, n)  # type: ignore[union-attr]
-        del alive
 
-    def _blas_rows(self, out: np.ndarray) -> None:
-        for i, t in enumerate(self._tracked):
-            grad = t.param.grad
-            if grad is None:
-                continue
-            mask = self._applied_mask(i, t)
-            flat = _kernel_input(grad, ordered=mask is not None).numpy().ravel(order="K")
+    def _blas_rows(self, out: np.ndarray, inputs: list[tuple[int, torch.Tensor, np.ndarray | None]]) -> None:
+        for i, grad, mask in inputs:
+            flat = grad.numpy().ravel(order="K")
             raw = _host_stats(flat)
             out[0:4, i] = raw
             out[4:8, i] = raw if mask is None else _host_stats(self._masked(i, flat, mask))
