@@ -22,11 +22,12 @@ from pathlib import Path
 
 import numpy as np
 
-from gfprobe.store.schema import STAT_FIELDS
 from gfprobe.store.writer import ParamInfo, RunWriter, StepBlock
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "fixtures"))
+from make_runs import stats_block
+
 TARGET_SECONDS = 10.0
-F = {name: i for i, name in enumerate(STAT_FIELDS)}
 
 
 def layers(n: int) -> list[ParamInfo]:
@@ -39,20 +40,9 @@ def layers(n: int) -> list[ParamInfo]:
 
 def write_run(path: Path, attrs: dict[str, object], steps: int, n_layers: int, rng: np.random.Generator) -> None:
     params = layers(n_layers)
-    numel = np.array([p.numel for p in params], dtype=float)
     density = float(attrs["density"])  # type: ignore[arg-type]
-    active = np.where([p.kind == "weight" for p in params], np.round(numel * density), numel)
     scale = 0.05 * (1 + float(attrs["seed"]) / 10) * (1 + density)  # type: ignore[arg-type]
-    decay = np.exp(-np.arange(steps) / steps)[:, None]
-    block = np.zeros((steps, len(STAT_FIELDS), len(params)))
-    block[:, F["sumsq"]] = scale * decay * numel * rng.uniform(0.5, 1.5, (steps, len(params)))
-    block[:, F["sum_abs"]] = np.sqrt(block[:, F["sumsq"]] * numel)
-    block[:, F["max_abs"]] = np.sqrt(block[:, F["sumsq"]])
-    block[:, F["masked_sumsq"]] = block[:, F["sumsq"]] * active / numel
-    block[:, F["masked_sum_abs"]] = block[:, F["sum_abs"]] * active / numel
-    block[:, F["masked_max_abs"]] = block[:, F["max_abs"]]
-    block[:, F["active"]] = active
-    block[:, F["has_grad"]] = 1
+    block = stats_block(rng, steps, density, scale, params)
     writer = RunWriter(path, {"command": ["benchmark"]}, attrs)
     writer.add_stream("SGD", params)
     writer.append_steps(StepBlock(0, np.arange(steps), np.arange(steps) * 0.01, np.zeros(steps, np.uint8), block))

@@ -104,7 +104,6 @@ def run(preset: str | None, config_path: Path | None, out: Path, jobs: int, data
 def _report(files: list[Path], out: Path) -> None:
     """The study's SC-SDC and correlation tables, and its figures next to the runs."""
     from gfprobe.analysis.report import build_report
-    from gfprobe.analysis.scsdc import compare
     from gfprobe.analysis.sections import Request, analyse
     from gfprobe.render import correlation as render_correlation
     from gfprobe.render import plots
@@ -116,7 +115,7 @@ def _report(files: list[Path], out: Path) -> None:
     console().print()
     render_correlation.render_table(console(), sections.correlation or [])
     try:
-        figures = [plots.plot_scsdc(compare(summaries), out / "plots" / "scsdc.png"),
+        figures = [plots.plot_scsdc(sections.scsdc or [], out / "plots" / "scsdc.png"),
                    plots.plot_scatter(summaries, out / "plots" / "scatter.png")]
     except GfprobeError as exc:  # matplotlib is optional: the tables stand without the figures
         click.echo(f"gfprobe: no figures ({exc})", err=True)
