@@ -24,6 +24,7 @@ import numpy as np
 
 from gfprobe.store.writer import ParamInfo, RunWriter, StepBlock
 
+# The fixtures' synthetic statistics (fixtures/ is a folder of scripts, not a package).
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "fixtures"))
 from make_runs import stats_block
 

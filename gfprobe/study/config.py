@@ -30,7 +30,7 @@ from __future__ import annotations
 import difflib
 import itertools
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -105,9 +105,6 @@ class RunSpec:
     def regularisers(self) -> frozenset[str]:
         return names.regularisers(self.regularisation)
 
-    def settings_key(self) -> tuple[Any, ...]:
-        return tuple(getattr(self, f.name) for f in fields(self))
-
 
 @dataclass(frozen=True)
 class Study:
@@ -115,7 +112,6 @@ class Study:
 
     name: str
     runs: tuple[RunSpec, ...]
-    grids: tuple[dict[str, Any], ...] = field(default=(), repr=False)
 
     def __len__(self) -> int:
         return len(self.runs)
@@ -151,7 +147,7 @@ def parse_study(document: Mapping[str, Any], source: str = "study", default_name
             if spec.run_id not in seen:  # grids may overlap: a run is trained once
                 seen.add(spec.run_id)
                 runs.append(spec)
-    return Study(name, tuple(runs), tuple(dict(g) for g in grids))
+    return Study(name, tuple(runs))
 
 
 def _expand(where: str, study: str, values: Mapping[str, Any]) -> Iterator[RunSpec]:

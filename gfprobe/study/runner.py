@@ -27,7 +27,6 @@ RUNS_DIR = "runs"
 class StudyOutcome:
     """What a run of the study command did."""
 
-    out_dir: Path
     done_before: list[Path] = field(default_factory=list)  # finished by an earlier invocation
     trained: list[Path] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)  # run id -> one-line reason
@@ -91,7 +90,7 @@ def run_study(study: Study, out_dir: Path, options: RunOptions, on_start: OnStar
     todo, done = plan_work(study, out_dir)
     if on_start is not None:
         on_start(len(done), len(todo))
-    outcome = StudyOutcome(out_dir, done_before=done)
+    outcome = StudyOutcome(done_before=done)
     threads = threads_per_job(options.jobs)
     for spec, error in _execute(todo, out_dir, options, threads):
         if error is None:
