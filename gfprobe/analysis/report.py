@@ -156,12 +156,12 @@ def build_report(paths: Sequence[str | Path], stream_index: int = 0, how: str = 
         return [summary for result in results for summary in result]
     context = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
     with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-        futures = [pool.submit(read, chunk) for chunk in chunks]
+        futures = {pool.submit(read, chunk): len(chunk) for chunk in chunks}
         done = 0
-        for _ in as_completed(futures):
-            done += CHUNK
+        for future in as_completed(futures):
+            done += futures[future]
             if on_file is not None:
-                on_file(min(done, len(paths)))
+                on_file(done)
         return [summary for future in futures for summary in future.result()]
 
 
