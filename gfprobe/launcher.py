@@ -22,6 +22,8 @@ from types import FrameType
 from typing import Any
 
 from gfprobe.errors import ConfigError, GfprobeError
+from gfprobe.store.merge import merge, shard_files
+from gfprobe.store.reader import open_run
 
 BOOTSTRAP_DIR = Path(__file__).resolve().parent / "bootstrap"
 DEFAULT_DIR = Path("gfprobe-runs")
@@ -43,12 +45,14 @@ class RecordOptions:
     masks: str = "auto"
     metrics: Mapping[str, str] = field(default_factory=dict)
     attrs: Mapping[str, Any] = field(default_factory=dict)
+    all_ranks: bool = False
 
 
 @dataclass(frozen=True)
 class RecordResult:
     exit_code: int
     files: list[Path]
+    notes: list[str] = field(default_factory=list)  # what became of a sharded run's rank files
 
 
 def parse_metric(spec: str) -> tuple[str, str]:
@@ -109,14 +113,17 @@ def prepare(command: Sequence[str], options: RecordOptions) -> tuple[list[str], 
     """Validate everything and build the child's argv and environment; runs nothing."""
     argv = resolve_command(command)
     out = options.out or default_out(argv)
-    if out.exists():
+    existing = [p for p in (out, *shard_files(out)) if p.exists()]
+    if existing:
         if not options.force:
-            raise ConfigError(f"{out} exists; choose another --out or pass --force to replace it")
-        out.unlink()
+            raise ConfigError(f"{existing[0]} exists; choose another --out or pass --force to replace it")
+        for path in existing:
+            path.unlink()
     if options.every < 1:
         raise ConfigError(f"--every must be at least 1, got {options.every}")
     config = {"out": str(out.resolve()), "every": options.every, "masks": options.masks,
-              "metrics": dict(options.metrics), "attrs": dict(options.attrs), "command": argv}
+              "metrics": dict(options.metrics), "attrs": dict(options.attrs), "command": argv,
+              "all_ranks": options.all_ranks}
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(BOOTSTRAP_DIR), *filter(None, [env.get("PYTHONPATH")])])
     env["GFPROBE_RECORD"] = json.dumps(config)
@@ -134,7 +141,38 @@ def run(command: Sequence[str], options: RecordOptions) -> RecordResult:
     with _relay_signals(child):
         code = child.wait()
     exit_code = 128 - code if code < 0 else code  # killed by signal N: 128+N, like a shell
-    return RecordResult(exit_code, _written_files(out, started))
+    files, notes = _consolidate_shards(out, started)
+    return RecordResult(exit_code, files + _written_files(out, started), notes)
+
+
+def _consolidate_shards(out: Path, since: float) -> tuple[list[Path], list[str]]:
+    """Merge the rank files of a sharded run into ``out``; other rank files are runs of their own.
+
+    The rank files are removed once merged, unless some steps were not recorded by every rank
+    (a rank died): then they are kept, since the merged file leaves those steps out.
+    """
+    rank_files = [p for p in shard_files(out) if p.stat().st_mtime >= since - 1]
+    if not rank_files or not _is_shard(rank_files[0]):
+        return rank_files, []
+    try:
+        result = merge(rank_files, out)
+    except GfprobeError as exc:
+        return [], [f"could not merge the rank files {', '.join(map(str, rank_files))}: {exc}"]
+    dropped = sum(result.dropped)
+    if dropped:
+        return [], [f"merged {result.ranks} ranks into {out}, leaving out {dropped} steps not every rank "
+                    f"recorded; the rank files are kept"]
+    for path in rank_files:
+        path.unlink()
+    return [], [f"merged the statistics of {result.ranks} ranks' gradient shards into {out}"]
+
+
+def _is_shard(path: Path) -> bool:
+    try:
+        with open_run(path, shards_ok=True) as run:
+            return bool(run.metadata.get("sharded"))
+    except GfprobeError:
+        return False
 
 
 def _written_files(out: Path, since: float) -> list[Path]:

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from gfprobe.adapters.torch_local import Sharding, local_mask_getter, sharding_of
 from gfprobe.errors import ConfigError
 from gfprobe.store.writer import ParamInfo
 
@@ -29,6 +30,14 @@ class TrackedParam:
     info: ParamInfo
     mask: MaskGetter | None = None
     grad_is_masked: bool = False
+    sharding: Sharding | None = None  # set when this rank holds only a shard (DTensor)
+
+    @property
+    def local_numel(self) -> int:
+        """Elements this process counts: all of them, its shard's, or 0 for a replica it does not own."""
+        if self.sharding is None:
+            return self.info.numel
+        return self.sharding.local_numel if self.sharding.owner else 0
 
 
 @dataclass
@@ -135,14 +144,17 @@ def track(
             source, getter, grad_masked = "explicit", _const(explicit.pop(name), param, name), False
         elif masks == "zeros" and source == "none" and param.dim() >= 2:
             source, getter, grad_masked = "zeros", _const(param.detach() != 0, param, name), False
+        sharding = sharding_of(param)
+        if sharding is not None and getter is not None:
+            getter = local_mask_getter(getter, param)
         info = ParamInfo(
             name=name,
-            shape=tuple(param.shape),
+            shape=tuple(param.shape),  # a DTensor's shape is the full, unsharded one
             kind=classify(owner.local, owner.module, param),
             module_type=type(owner.module).__name__ if owner.module is not None else "",
             mask_source=source,
         )
-        tracked.append(TrackedParam(param, info, getter, grad_masked))
+        tracked.append(TrackedParam(param, info, getter, grad_masked, sharding))
     if explicit:
         known = ", ".join(t.info.name for t in tracked)
         raise ConfigError(f"masks= names parameters the optimizer does not update: "

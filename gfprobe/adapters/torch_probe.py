@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from torch.optim.optimizer import register_optimizer_step_pre_hook
+from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
 from torch.utils.hooks import RemovableHandle
 
 from gfprobe.adapters.torch_params import TrackedParam, discover_roots, track
@@ -67,8 +67,10 @@ class Probe:
         masks: str | Mapping[str, torch.Tensor] = "auto",
         model: nn.Module | None = None,
         optimizer: torch.optim.Optimizer | None = None,
+        all_ranks: bool = False,
     ) -> None:
         self._recorder = recorder
+        self._all_ranks = all_ranks
         self._schedule = as_schedule(every)
         self._masks = masks
         self._model = model
@@ -79,6 +81,9 @@ class Probe:
         self._handles: list[RemovableHandle] = []
         self._scaler_original: Callable[..., Any] | None = None
         self._fired: torch.optim.Optimizer | None = None
+        # step(closure) calls in progress: recorded when their closure first returns.
+        self._closure_steps: weakref.WeakKeyDictionary[torch.optim.Optimizer, _ClosureStep] = (
+            weakref.WeakKeyDictionary())
         self._active = False
         self._closed = False
 
@@ -86,8 +91,10 @@ class Probe:
     def start(self) -> Probe:
         if self._optimizer is not None:
             self._handles.append(self._optimizer.register_step_pre_hook(self._pre_hook))
+            self._handles.append(self._optimizer.register_step_post_hook(self._post_hook))
         else:
             self._handles.append(register_optimizer_step_pre_hook(self._pre_hook))
+            self._handles.append(register_optimizer_step_post_hook(self._post_hook))
         self._patch_grad_scaler()
         session.activate(self._recorder)
         atexit.register(self.close)
@@ -128,9 +135,30 @@ class Probe:
         self._unpatch_grad_scaler()
 
     # -- hooks (the hot path) ------------------------------------------------------------------
-    def _pre_hook(self, optimizer: torch.optim.Optimizer, _args: Any, _kwargs: Any) -> None:
+    def _pre_hook(self, optimizer: torch.optim.Optimizer, args: tuple[Any, ...],
+                  kwargs: dict[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any]] | None:
         self._fired = optimizer
-        self._record(optimizer, skipped=False)
+        closure = _closure_of(args, kwargs)
+        if closure is None:
+            self._record(optimizer, skipped=False)
+            return None
+        # step(closure): the gradient step() consumes does not exist yet. The closure computes it
+        # (forward, backward, and in Lightning accumulation's last micro-batch and clipping), so
+        # it is wrapped and the statistics are read when it returns.
+        try:
+            step = _ClosureStep(self, optimizer, closure)
+            self._closure_steps[optimizer] = step
+            return _with_closure(args, kwargs, step)
+        except Exception as exc:
+            self._fail(exc)
+            return None
+
+    def _post_hook(self, optimizer: torch.optim.Optimizer, _args: Any, _kwargs: Any) -> None:
+        step = self._closure_steps.pop(optimizer, None)
+        if step is not None and not step.recorded:
+            # An optimizer that never called its closure consumed the gradient already in place;
+            # step() leaves .grad as it was, so it is still the one consumed.
+            self._record(optimizer, skipped=False)
 
     def _record(self, optimizer: torch.optim.Optimizer, skipped: bool) -> None:
         if not self._active or os.getpid() != self._recorder.pid:
@@ -141,6 +169,8 @@ class Probe:
                 if optimizer in self._ignored or not self._wants(optimizer):
                     return
                 stream = self._register(optimizer)
+                if stream is None:
+                    return
             step = stream.step
             stream.step += 1
             if stream.index == 0:
@@ -165,10 +195,13 @@ class Probe:
             self._ignored.add(optimizer)
         return wanted
 
-    def _register(self, optimizer: torch.optim.Optimizer) -> _Stream:
+    def _register(self, optimizer: torch.optim.Optimizer) -> _Stream | None:
         params = [p for group in optimizer.param_groups for p in group["params"]]
         roots = [self._model] if self._model is not None else discover_roots()
         tracked = track(params, roots, self._masks)
+        if not self._claim_file(optimizer, tracked):
+            self._ignored.add(optimizer)
+            return None
         index = self._recorder.add_stream(type(optimizer).__name__, [t.info for t in tracked])
         stream = _Stream(index, tracked, make_stats(tracked))
         self._streams[optimizer] = stream
@@ -176,6 +209,27 @@ class Probe:
         # collected before close() (a local of a script's main(), say), its rows are written first.
         weakref.finalize(optimizer, self._flush_gone, stream)
         return stream
+
+    def _claim_file(self, optimizer: torch.optim.Optimizer, tracked: list[TrackedParam]) -> bool:
+        """Decide whether this process records ``optimizer``, and into which file.
+
+        Unsharded data parallelism (DDP) leaves every rank the same averaged gradient, so rank 0
+        alone records (every rank with ``all_ranks``, each into ``<stem>.rank<r>.h5``). Sharded
+        training leaves each rank a shard: every rank records its shard's statistics into its own
+        rank file, and merging the files gives the full gradient's (see ``torch_local``).
+        """
+        rank, world = distributed_rank()
+        sharded = any(t.sharding is not None for t in tracked)
+        if world == 1:
+            return True
+        layout = "sharded" if sharded else "replica" if self._all_ranks else "rank0"
+        if layout == "rank0" and rank != 0:
+            return False
+        if not self._recorder.use_layout(rank, world, layout):
+            log.warning("gfprobe: optimizer %s is %s, unlike the run's first optimizer; it is not recorded",
+                        type(optimizer).__name__, "sharded" if sharded else "not sharded")
+            return False
+        return True
 
     def _flush_gone(self, stream: _Stream) -> None:
         if not self._closed and os.getpid() == self._recorder.pid:
@@ -236,6 +290,44 @@ class Probe:
         self._scaler_original = None
 
 
+class _ClosureStep:
+    """The closure of one ``step(closure)`` call, recording the gradient when it first returns.
+
+    One optimizer step is one recorded step. Optimizers that evaluate the closure several times
+    per step (LBFGS's line search) consume the gradient of the first evaluation, taken at the
+    weights the step starts from, to set their first direction; that is the one recorded, the
+    analogue of what a first-order optimizer consumes. Later evaluations pass straight through.
+    """
+
+    def __init__(self, probe: Probe, optimizer: torch.optim.Optimizer, closure: Callable[[], Any]) -> None:
+        self._probe = probe
+        self._optimizer = weakref.ref(optimizer)
+        self._closure = closure
+        self.recorded = False
+
+    def __call__(self) -> Any:
+        result = self._closure()
+        if not self.recorded:
+            self.recorded = True
+            optimizer = self._optimizer()
+            if optimizer is not None:
+                self._probe._record(optimizer, skipped=False)
+        return result
+
+
+def _closure_of(args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> Callable[[], Any] | None:
+    closure = kwargs["closure"] if "closure" in kwargs else args[0] if args else None
+    return closure if callable(closure) else None
+
+
+def _with_closure(args: tuple[Any, ...], kwargs: dict[str, Any],
+                  closure: Callable[[], Any]) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """The step's arguments with its closure replaced, passed the way the caller passed it."""
+    if "closure" in kwargs:
+        return args, {**kwargs, "closure": closure}
+    return (closure, *args[1:]), kwargs
+
+
 def _async_to_host(rows: list[torch.Tensor]) -> Callable[[], np.ndarray]:
     """Start one non-blocking copy of a batch of device rows; the writer thread waits for it."""
     stacked = torch.stack(rows)
@@ -252,12 +344,16 @@ def _async_to_host(rows: list[torch.Tensor]) -> Callable[[], np.ndarray]:
     return wait
 
 
-def is_secondary_rank() -> bool:
-    """True on every distributed rank but 0: only rank 0 records, so ranks never share a file."""
+def distributed_rank() -> tuple[int, int]:
+    """(rank, world size) of this process: torch.distributed's, else torchrun's environment."""
     dist = torch.distributed
     if dist.is_available() and dist.is_initialized():
-        return dist.get_rank() != 0
-    return os.environ.get("RANK", "0") not in ("", "0")
+        return dist.get_rank(), dist.get_world_size()
+    try:
+        rank = int(os.environ.get("RANK") or 0)
+        return rank, max(int(os.environ.get("WORLD_SIZE") or 1), rank + 1)
+    except ValueError:
+        return 0, 1
 
 
 def run_metadata(command: list[str]) -> dict[str, Any]:
@@ -284,6 +380,7 @@ def watch(
     every: int | Schedule = 1,
     masks: str | Mapping[str, torch.Tensor] = "auto",
     attrs: Mapping[str, Any] | None = None,
+    all_ranks: bool = False,
 ) -> Probe:
     """See :func:`gfprobe.watch`."""
     import sys
@@ -294,7 +391,4 @@ def watch(
              masks=masks if isinstance(masks, str) else "explicit"),
         attrs or {},
     )
-    probe = Probe(recorder, every=every, masks=masks, model=model, optimizer=optimizer)
-    if is_secondary_rank():
-        return probe  # never started: records nothing, close() is a no-op
-    return probe.start()
+    return Probe(recorder, every=every, masks=masks, model=model, optimizer=optimizer, all_ranks=all_ranks).start()

@@ -27,6 +27,7 @@ import scipy
 import torch
 from scipy.linalg import blas
 
+from gfprobe.adapters.torch_local import Unreadable, UnreadableLog, readable
 from gfprobe.adapters.torch_params import TrackedParam
 from gfprobe.store.schema import STAT_FIELDS
 
@@ -92,7 +93,7 @@ class _ActiveCounts:
 
     def __init__(self, tracked: Sequence[TrackedParam]) -> None:
         self._keys: list[tuple[int, int] | None] = [None] * len(tracked)
-        self.values = np.array([t.info.numel for t in tracked], dtype=np.float64)
+        self.values = np.array([t.local_numel for t in tracked], dtype=np.float64)
 
     def refresh(self, index: int, mask: torch.Tensor) -> float:
         key = (id(mask), mask._version)
@@ -118,6 +119,31 @@ def _is_dense(tensor: torch.Tensor) -> bool:
     """Its elements fill one block of memory from data_ptr() on, in some order."""
     return (tensor.is_contiguous() or tensor.is_contiguous(memory_format=torch.channels_last)
             or tensor.is_contiguous(memory_format=torch.channels_last_3d))
+
+
+class _Gradients:
+    """The readable gradient of each tracked parameter at this step (see ``torch_local``)."""
+
+    def __init__(self, tracked: Sequence[TrackedParam], device: torch.device) -> None:
+        self._tracked = tracked
+        self._device = device
+        self._unreadable = UnreadableLog()
+
+    def of(self, index: int) -> torch.Tensor | None:
+        """The gradient of parameter ``index`` as the kernels may read it; None when it has none
+        or it cannot be read (warned about once)."""
+        t = self._tracked[index]
+        grad = t.param.grad
+        if grad is None:
+            return None
+        try:
+            return readable(grad, self._device)
+        except Unreadable as problem:
+            self._unreadable.warn(t.info.name, problem)
+            return None
+
+    def unreadable(self, index: int, problem: Unreadable) -> None:
+        self._unreadable.warn(self._tracked[index].info.name, problem)
 
 
 def _kernel_input(grad: torch.Tensor, ordered: bool) -> torch.Tensor:
@@ -148,6 +174,7 @@ class CpuStats:
         if kernel not in KERNELS or (kernel == "native" and _NATIVE is None):
             raise ValueError(f"CPU statistics kernel {kernel!r} is not available here; have {DEFAULT_KERNEL!r}")
         self._tracked = list(tracked)
+        self._grads = _Gradients(self._tracked, torch.device("cpu"))
         self._active = _ActiveCounts(tracked)
         self._native = _NATIVE if kernel == "native" else None
         n = len(self._tracked)
@@ -169,11 +196,16 @@ class CpuStats:
             source = t.mask() if t.mask is not None else None
             if source is not None:
                 out[_F["active"], i] = self._active.refresh(i, source)
-            grad = t.param.grad
+            grad = self._grads.of(i)
             if grad is None:
                 continue
-            out[_F["has_grad"], i] = 1.0
             mask = None if source is None or t.grad_is_masked else self._prepared_mask(i, source)
+            if mask is not None and source.numel() != grad.numel():  # type: ignore[union-attr]
+                # The kernel reads one mask bit per gradient element: never past the mask's end.
+                self._grads.unreadable(i, Unreadable(f"masked by a mask of {source.numel()} elements "  # type: ignore[union-attr]
+                                                     f"for {grad.numel()} gradient elements"))
+                continue
+            out[_F["has_grad"], i] = 1.0
             inputs.append((i, _kernel_input(grad, ordered=mask is not None), mask))
         if self._native is not None:
             self._native_rows(out, inputs)
@@ -222,6 +254,12 @@ class CpuStats:
         return buf
 
 
+def _device_input(grad: torch.Tensor) -> torch.Tensor:
+    """What the fused kernels take: a dense tensor (only the non-zeros of a sparse one matter)."""
+    grad = grad.detach()
+    return grad.coalesce().values() if grad.is_sparse else grad
+
+
 def _to_device(values: Sequence[float] | Sequence[int], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     # Through pinned memory with non_blocking, so not even set-up copies synchronise the host.
     return torch.tensor(values, dtype=dtype).pin_memory().to(device, non_blocking=True)
@@ -233,8 +271,9 @@ class DeviceStats:
     def __init__(self, tracked: Sequence[TrackedParam], device: torch.device) -> None:
         self._tracked = list(tracked)
         self._device = device
+        self._grads = _Gradients(self._tracked, device)
         self._index_cache: dict[tuple[int, ...], torch.Tensor] = {}
-        self._counts = _to_device([t.info.numel for t in tracked], torch.float32, device)
+        self._counts = _to_device([t.local_numel for t in tracked], torch.float32, device)
         self._mask_keys: list[tuple[int, int] | None] = [None] * len(tracked)
 
     def _index(self, positions: Sequence[int]) -> torch.Tensor:
@@ -268,10 +307,11 @@ class DeviceStats:
         self._refresh_counts()
         out = torch.zeros((N_FIELDS, len(self._tracked)), dtype=torch.float32, device=self._device)
         out[_F["active"]] = self._counts
-        present = [i for i, t in enumerate(self._tracked) if t.param.grad is not None]
+        readable = [(i, self._grads.of(i)) for i in range(len(self._tracked))]
+        present = [i for i, grad in readable if grad is not None]
         if not present:
             return out
-        grads: list[torch.Tensor] = [self._tracked[i].param.grad for i in present]  # type: ignore[misc]
+        grads = [_device_input(grad) for _, grad in readable if grad is not None]
         raw = self._four(grads)
         index = self._index(present)
         out[0:4].index_copy_(1, index, raw)

@@ -26,8 +26,6 @@ from gfprobe.capture import session
 
 def install(config_json: str) -> None:
     config = json.loads(config_json)
-    if os.environ.get("RANK", "0") not in ("", "0"):
-        return  # torchrun: rank 0 records
     tees: list[MetricTee] = []
     if config.get("metrics"):
         patterns = [(name, re.compile(rx)) for name, rx in config["metrics"].items()]
@@ -49,7 +47,8 @@ def _attach(config: dict[str, Any], tees: list[MetricTee]) -> None:
         dict(run_metadata(config["command"]), every=config["every"], masks=config["masks"]),
         config.get("attrs", {}),
     )
-    probe = Probe(recorder, every=int(config["every"]), masks=config["masks"]).start()
+    probe = Probe(recorder, every=int(config["every"]), masks=config["masks"],
+                  all_ranks=bool(config.get("all_ranks"))).start()
     _finalise_on_exit(probe, tees)
 
 

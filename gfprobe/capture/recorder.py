@@ -61,6 +61,7 @@ class Recorder:
         self._attrs = dict(attrs)
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._n_streams = 0
+        self._layout = "rank0"
         self._closed = False
         self.failed: BaseException | None = None
         self.pid = os.getpid()
@@ -77,6 +78,20 @@ class Recorder:
                     self._thread = threading.Thread(target=self._run, name="gfprobe-writer", daemon=True)
                     self._thread.start()
         self._queue.put(item)
+
+    def use_layout(self, rank: int, world: int, layout: str) -> bool:
+        """Say how ranks share the run before the first stream: ``rank0`` (rank 0 writes the file),
+        ``replica`` (every rank writes a whole run) or ``sharded`` (every rank writes its shard's
+        statistics, to be merged). The last two write ``<stem>.rank<r><suffix>``. False when a
+        later stream asks for another layout than the first: a file holds one kind of rows."""
+        if self._n_streams:
+            return layout == self._layout
+        self._layout = layout
+        if layout != "rank0":
+            out = self.requested_path
+            self.requested_path = out.with_name(f"{out.stem}.rank{rank}{out.suffix}")
+            self._metadata.update(rank=rank, world_size=world, sharded=layout == "sharded")
+        return True
 
     def add_stream(self, optimizer: str, params: Sequence[ParamInfo]) -> int:
         stream = self._n_streams

@@ -8,6 +8,7 @@ from gfprobe import __version__
 from gfprobe.cli.check import check
 from gfprobe.cli.demo import demo
 from gfprobe.cli.inspect import inspect
+from gfprobe.cli.merge import merge
 from gfprobe.cli.plot import plot
 from gfprobe.cli.record import record
 from gfprobe.cli.report import report
@@ -21,5 +22,5 @@ def main() -> None:
     run into an HDF5 file, then report Effective Gradient Flow and the standard norms."""
 
 
-for command in (record, report, inspect, check, plot, demo, scsdc):
+for command in (record, report, inspect, merge, check, plot, demo, scsdc):
     main.add_command(command)

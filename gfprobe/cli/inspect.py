@@ -15,7 +15,7 @@ from gfprobe.store.reader import open_run
 
 def describe(path: Path) -> dict[str, Any]:
     """Everything a run file holds, as plain data."""
-    with open_run(path) as run:
+    with open_run(path, shards_ok=True) as run:
         streams = []
         for index, optimizer in enumerate(run.stream_names()):
             data = run.stream(index, fields=("has_grad",))

@@ -27,19 +27,24 @@ from gfprobe.errors import GfprobeError
               help="Record the first capture group of output lines matching REGEX as metric NAME. Repeatable.")
 @click.option("--attr", "attrs", multiple=True, metavar="KEY=VALUE",
               help="A run attribute stored in the file (VALUE read as JSON if it parses). Repeatable.")
+@click.option("--all-ranks", is_flag=True,
+              help="Under DDP, every rank records its own run (<out-stem>.rank<r>.h5), not only rank 0: "
+                   "for finding ranks that diverge. Sharded runs (FSDP2) always record every rank.")
 @click.option("--check", "run_check", is_flag=True,
               help="Check the recorded run's gradient health afterwards (as 'gfprobe check').")
 @config_option
 @click.argument("command", nargs=-1, type=click.UNPROCESSED, required=True)
 @handle_errors
 def record(out: Path | None, force: bool, every: int, masks: str, metrics: tuple[str, ...],
-           attrs: tuple[str, ...], run_check: bool, config_path: Path | None, command: tuple[str, ...]) -> None:
+           attrs: tuple[str, ...], all_ranks: bool, run_check: bool, config_path: Path | None,
+           command: tuple[str, ...]) -> None:
     """Run COMMAND and record the gradients of every torch optimizer it steps.
 
     \b
     Example:
       gfprobe record --out run.h5 -- python train.py --epochs 3
-    Put -- before COMMAND. No change to the script is needed; under torchrun, rank 0 records.
+    Put -- before COMMAND. No change to the script is needed. Under torchrun with DDP, rank 0
+    records; with FSDP2/DTensor every rank records its shard and the files are merged at the end.
     gfprobe exits with COMMAND's exit code; with --check, a failing COMMAND's code wins, then the
     check's (1 when a rule fails).
     """
@@ -47,18 +52,20 @@ def record(out: Path | None, force: bool, every: int, masks: str, metrics: tuple
     options = launcher.RecordOptions(
         out=out, force=force, every=every, masks=masks,
         metrics=dict(launcher.parse_metric(m) for m in metrics),
-        attrs=dict(launcher.parse_attr(a) for a in attrs),
+        attrs=dict(launcher.parse_attr(a) for a in attrs), all_ranks=all_ranks,
     )
     try:
         result = launcher.run(command, options)
     except launcher.CommandNotFound as exc:
         raise UserError(str(exc), exit_code=127) from None
-    if not result.files:
+    if not result.files and not result.notes:
         raise UserError(
             f"nothing was recorded: {' '.join(command)} never stepped a torch optimizer "
             "(or ran in a Python where gfprobe is not installed)",
             exit_code=result.exit_code or 3,
         )
+    for note in result.notes:
+        click.echo(f"gfprobe: {note}", err=True)
     for path in result.files:
         click.echo(f"gfprobe: {_describe(path)}", err=True)
     if config is None or result.exit_code != 0:

@@ -206,8 +206,12 @@ class RunFile:
 
 
 @contextmanager
-def open_run(path: str | Path) -> Iterator[RunFile]:
-    """Open and validate a run file, turning every low-level failure into one clear message."""
+def open_run(path: str | Path, shards_ok: bool = False) -> Iterator[RunFile]:
+    """Open and validate a run file, turning every low-level failure into one clear message.
+
+    A rank file of a sharded run holds one rank's share of each gradient: measures computed from
+    it alone would be wrong, so it opens only with ``shards_ok`` (for merging and inspecting).
+    """
     p = Path(path)
     if not p.exists():
         raise RunFileError(f"{p}: no such file; pass the path of a run file written by 'gfprobe record'")
@@ -216,6 +220,8 @@ def open_run(path: str | Path) -> Iterator[RunFile]:
     handle = _open_handle(p)
     try:
         _validate(p, handle)
+        if not shards_ok:
+            _refuse_shard(p, handle)
         yield RunFile(p, handle)
     except (KeyError, OSError, ValueError) as exc:
         raise RunFileError(f"{p}: damaged run file ({_short(exc)})") from exc
@@ -260,6 +266,20 @@ def _validate(path: Path, f: h5py.File) -> None:
     missing = [g for g in ("params", "streams", "steps", "stats", "metrics", "attrs") if g not in f]
     if missing:
         raise RunFileError(f"{path}: damaged run file, missing groups {', '.join(missing)}")
+
+
+def _refuse_shard(path: Path, f: h5py.File) -> None:
+    if not _attr(f.attrs.get("sharded", False)):
+        return
+    rank, world = _attr(f.attrs.get("rank", "?")), _attr(f.attrs.get("world_size", "?"))
+    from gfprobe.store.merge import merged_name  # merge imports this module
+
+    whole = merged_name(path)
+    raise RunFileError(
+        f"{path}: rank {rank} of {world} of a sharded (FSDP/DTensor) run holds only that rank's shard of "
+        f"each gradient; merge the ranks first: gfprobe merge {whole.with_name(whole.stem)}.rank*{whole.suffix} "
+        f"--out {whole}"
+    )
 
 
 def _short(exc: BaseException) -> str:

@@ -1,0 +1,137 @@
+"""What of a gradient this process may read, and in a form the statistics kernels read safely.
+
+Sharded training (FSDP2's ``fully_shard``, tensor parallelism: any ``DTensor``) leaves each rank
+with a shard of every gradient. gfprobe never gathers them: each rank computes its statistics
+over the elements it holds, and merging the ranks' files adds the sums and counts and maxes the
+maxima (``store/merge.py``), which gives exactly the statistics of the full gradient. A
+replicated placement is counted by coordinate 0 of its mesh dimension only, so replicas count
+once, never × ranks. A ``Partial`` placement (a sum still pending over ranks) cannot be split
+that way; such a gradient is reported as unreadable rather than recorded wrong.
+
+The C kernel reads raw memory from ``data_ptr()``, so every gradient is normalised here to a
+plain strided CPU or device tensor before any kernel sees it; anything that cannot be (meta
+tensors, nested tensors, tensor subclasses other than DTensor) is skipped with one warning.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+log = logging.getLogger("gfprobe")
+
+try:
+    from torch.distributed.tensor import DTensor
+except ImportError:  # torch built without distributed support
+    DTensor = None  # type: ignore[assignment,misc]
+
+_PLAIN_TYPES = (torch.Tensor, torch.nn.Parameter)
+_DENSE_ABLE_LAYOUTS = (torch.sparse_csr, torch.sparse_csc, torch.sparse_bsr, torch.sparse_bsc)
+
+
+class Unreadable(Exception):
+    """A gradient gfprobe cannot read safely; the message says why, for the one warning."""
+
+
+@dataclass(frozen=True)
+class Sharding:
+    """How this rank holds a sharded (DTensor) parameter."""
+
+    owner: bool  # this rank's local elements count (False for a replica other than coordinate 0)
+    local_numel: int
+
+
+def is_dtensor(tensor: object) -> bool:
+    return DTensor is not None and isinstance(tensor, DTensor)
+
+
+def sharding_of(param: torch.Tensor) -> Sharding | None:
+    """None for a parameter every rank holds whole (plain tensors, DDP)."""
+    if not is_dtensor(param):
+        return None
+    local = param.to_local()  # type: ignore[attr-defined]
+    return Sharding(_owns(param), local.numel())
+
+
+def _owns(tensor: torch.Tensor) -> bool:
+    coordinate = tensor.device_mesh.get_coordinate()  # type: ignore[attr-defined]
+    if coordinate is None:
+        return False  # this rank is not in the tensor's mesh
+    return all(coordinate[dim] == 0 for dim, placement in enumerate(tensor.placements)  # type: ignore[attr-defined]
+               if placement.is_replicate())
+
+
+def local_tensor(tensor: torch.Tensor) -> torch.Tensor:
+    """The elements of ``tensor`` this rank contributes: the whole tensor, its local shard, or an
+    empty tensor for a replica another rank counts."""
+    if not is_dtensor(tensor):
+        return tensor
+    if any(placement.is_partial() for placement in tensor.placements):  # type: ignore[attr-defined]
+        raise Unreadable("a DTensor with a Partial placement (its sum over ranks is still pending)")
+    local: torch.Tensor = tensor.to_local().detach()  # type: ignore[attr-defined]
+    return local if _owns(tensor) else local.new_empty(0)
+
+
+def local_mask_getter(getter: Callable[[], torch.Tensor], param: torch.Tensor) -> Callable[[], torch.Tensor]:
+    """A mask getter that yields the part of a sharded parameter's mask this rank holds."""
+
+    def local() -> torch.Tensor:
+        mask = getter()
+        if is_dtensor(mask):
+            return local_tensor(mask)
+        return _slice_like(mask, param)
+
+    return local
+
+
+def _slice_like(full: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
+    """The block of a full-size mask that matches ``param``'s local shard."""
+    from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
+
+    placements = param.placements  # type: ignore[attr-defined]
+    if any(not (p.is_shard() or p.is_replicate()) or type(p).__name__.startswith("_") for p in placements):
+        raise Unreadable(f"a full-size mask for a parameter with placements {placements}")
+    if not _owns(param):
+        return full.reshape(-1)[:0]
+    shape, offset = compute_local_shape_and_global_offset(full.shape, param.device_mesh, placements)  # type: ignore[attr-defined]
+    index = tuple(slice(start, start + size) for start, size in zip(offset, shape, strict=True))
+    return full[index]
+
+
+def readable(grad: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """``grad`` (its local part under sharding) as a plain strided tensor on ``device``, or
+    :class:`Unreadable`. Never copies an ordinary dense gradient."""
+    grad = local_tensor(grad)
+    if type(grad) not in _PLAIN_TYPES:
+        raise Unreadable(f"a tensor subclass ({type(grad).__name__}) whose memory gfprobe cannot read")
+    if grad.is_meta:
+        raise Unreadable("a meta tensor (it has no data)")
+    if grad.is_nested:
+        raise Unreadable("a nested tensor")
+    if grad.device.type != device.type:
+        raise Unreadable(f"on {grad.device}, while the optimizer's other gradients are on {device}")
+    if grad.is_quantized:
+        grad = grad.dequantize()
+    if grad.layout in _DENSE_ABLE_LAYOUTS:
+        grad = grad.to_dense()
+    elif grad.layout not in (torch.strided, torch.sparse_coo):
+        raise Unreadable(f"a tensor with layout {grad.layout}")
+    if grad.is_complex():
+        grad = grad.abs()  # |g| gives Σ|g|², Σ|g| and max|g| of the complex values
+    return grad
+
+
+class UnreadableLog:
+    """One warning per parameter whose gradient cannot be read; then silence for it."""
+
+    def __init__(self) -> None:
+        self._warned: set[str] = set()
+
+    def warn(self, name: str, problem: Unreadable) -> None:
+        if name not in self._warned:
+            self._warned.add(name)
+            log.warning("gfprobe: the gradient of %s is %s; it is recorded as missing (has_grad = 0)",
+                        name, problem)

@@ -1,0 +1,138 @@
+"""Merging the rank files of a sharded run into one run file. Never imports torch.
+
+Under sharded training (FSDP2, DTensor) every rank records the statistics of the gradient
+elements it holds into ``<stem>.rank<r>.h5``. Every statistic is a sum, a count or a maximum
+over elements, so the full gradient's statistics are exact combinations of the shards': sums
+and counts add, maxima max. Replicas were already counted once by the recording ranks.
+
+A step is merged only when every rank recorded it; steps some ranks lack (a rank that died) are
+left out and counted, because a partial sum would look like a real, smaller gradient.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from gfprobe.errors import RunFileError
+from gfprobe.store import schema
+from gfprobe.store.reader import ParamTable, RunFile, StreamData, open_run
+from gfprobe.store.writer import ParamInfo, RunWriter, StepBlock
+
+# Fields combined by maximum; every other statistic is a sum or a count and adds over shards.
+_MAX_FIELDS = frozenset({"max_abs", "masked_max_abs", "has_grad"})
+_RANK_SUFFIX = re.compile(r"\.rank(\d+)$")
+
+
+@dataclass
+class MergeResult:
+    out: Path
+    ranks: int
+    steps: list[int] = field(default_factory=list)  # merged steps per stream
+    dropped: list[int] = field(default_factory=list)  # steps some rank lacked, per stream
+
+
+def merged_name(rank_file: Path) -> Path:
+    """``run.rank0.h5`` -> ``run.h5``."""
+    return rank_file.with_name(_RANK_SUFFIX.sub("", rank_file.stem) + rank_file.suffix)
+
+
+def shard_files(out: Path) -> list[Path]:
+    """The rank files a sharded recording to ``out`` writes, in rank order."""
+    found = [p for p in out.parent.glob(f"{out.stem}.rank*{out.suffix}")
+             if _RANK_SUFFIX.search(p.stem) and merged_name(p) == out]
+    return sorted(found, key=lambda p: int(_RANK_SUFFIX.search(p.stem).group(1)))  # type: ignore[union-attr]
+
+
+def merge(paths: Sequence[Path], out: Path) -> MergeResult:
+    """Write the run whose statistics are those of the full gradients the rank files' shards make."""
+    if out.exists():
+        raise RunFileError(f"{out} exists; choose another --out or remove it")
+    runs = _read_ranks(paths)
+    first = runs[0]
+    metadata = {k: v for k, v in first["metadata"].items()
+                if k not in ("rank", "sharded", "status", "format", "schema_version", "end_time", "error")}
+    metadata.update(merged_ranks=len(runs), world_size=len(runs))
+    writer = RunWriter(out, metadata, first["attrs"])
+    result = MergeResult(out, len(runs))
+    try:
+        for index, streams in enumerate(zip(*(r["streams"] for r in runs), strict=True)):
+            writer.add_stream(streams[0].optimizer, _param_infos(streams[0].params))
+            block, dropped = _merge_stream(index, streams)
+            writer.append_steps(block)
+            result.steps.append(len(block.steps))
+            result.dropped.append(dropped)
+        writer.append_metrics(first["metrics"])
+    finally:
+        status = _merged_status([r["metadata"].get("status") for r in runs])
+        writer.close(status, {"end_time": first["metadata"].get("end_time", "")})
+    return result
+
+
+def _merged_status(statuses: list[Any]) -> str:
+    """Complete only if every rank completed; a rank left 'running' was killed: interrupted."""
+    if all(s == "complete" for s in statuses):
+        return "complete"
+    return "failed" if "failed" in statuses else "interrupted"
+
+
+def _read_ranks(paths: Sequence[Path]) -> list[dict[str, Any]]:
+    if not paths:
+        raise RunFileError("no rank files given; pass every <stem>.rank<r>.h5 of one run")
+    runs = []
+    for path in paths:
+        with open_run(path, shards_ok=True) as run:
+            runs.append(_read_one(run))
+    world = {r["metadata"].get("world_size") for r in runs}
+    ranks = sorted(r["metadata"].get("rank") for r in runs)
+    if any(not r["metadata"].get("sharded") for r in runs):
+        plain = next(p for p, r in zip(paths, runs, strict=True) if not r["metadata"].get("sharded"))
+        raise RunFileError(f"{plain}: not a rank file of a sharded run; only those are merged")
+    if len(world) != 1 or ranks != list(range(int(world.pop() or 0))):
+        raise RunFileError(f"the rank files are ranks {ranks}; merging needs exactly one file of each rank "
+                           f"0..{len(ranks) - 1} of one run")
+    shapes = {tuple(len(s.params) for s in r["streams"]) for r in runs}
+    names = {tuple(tuple(s.params.names) for s in r["streams"]) for r in runs}
+    if len(shapes) != 1 or len(names) != 1:
+        raise RunFileError("the rank files hold different optimizers or parameters; they are not one run")
+    return sorted(runs, key=lambda r: int(r["metadata"]["rank"]))
+
+
+def _read_one(run: RunFile) -> dict[str, Any]:
+    metrics = [(name, int(s), float(t), float(v))
+               for name, m in run.metrics().items()
+               for s, t, v in zip(m.steps, m.times, m.values, strict=True)]
+    return {"metadata": run.metadata, "attrs": run.attrs, "metrics": metrics,
+            "streams": [run.stream(i) for i in range(run.n_streams)]}
+
+
+def _merge_stream(index: int, streams: Sequence[StreamData]) -> tuple[StepBlock, int]:
+    """Rows of the steps every rank recorded, combined field by field; and how many were dropped."""
+    common = streams[0].steps
+    for s in streams[1:]:
+        common = np.intersect1d(common, s.steps)
+    every = np.unique(np.concatenate([s.steps for s in streams]))
+    rows = [np.searchsorted(s.steps, common) for s in streams]  # steps are recorded in order
+    stats = np.stack([_combine(field, [s.stats[field][r] for s, r in zip(streams, rows, strict=True)])
+                      for field in schema.STAT_FIELDS], axis=1)
+    times = np.max([s.times[r] for s, r in zip(streams, rows, strict=True)], axis=0)
+    skipped = np.max([s.skipped[r] for s, r in zip(streams, rows, strict=True)], axis=0)
+    block = StepBlock(index, common.astype(np.int64), times, skipped.astype(np.uint8), stats)
+    return block, int(len(every) - len(common))
+
+
+def _combine(field: str, shards: list[np.ndarray]) -> np.ndarray:
+    stacked = np.stack(shards).astype(np.float64)
+    combined: np.ndarray = stacked.max(axis=0) if field in _MAX_FIELDS else stacked.sum(axis=0)
+    return combined
+
+
+def _param_infos(params: ParamTable) -> list[ParamInfo]:
+    return [ParamInfo(name, shape, kind, module_type, mask)
+            for name, shape, kind, module_type, mask in zip(params.names, params.shapes, params.kinds,
+                                                            params.module_types, params.mask_sources, strict=True)]
