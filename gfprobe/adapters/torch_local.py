@@ -106,7 +106,9 @@ def readable(grad: torch.Tensor, device: torch.device) -> torch.Tensor:
     :class:`Unreadable`. Never copies an ordinary dense gradient."""
     grad = local_tensor(grad)
     if type(grad) not in _PLAIN_TYPES:
-        raise Unreadable(f"a tensor subclass ({type(grad).__name__}) whose memory gfprobe cannot read")
+        if _dispatches_itself(grad):  # a wrapper: its data_ptr() is not its data
+            raise Unreadable(f"a tensor subclass ({type(grad).__name__}) whose memory gfprobe cannot read")
+        grad = grad.as_subclass(torch.Tensor)  # a Python subclass over ordinary storage
     if grad.is_meta:
         raise Unreadable("a meta tensor (it has no data)")
     if grad.is_nested:
@@ -122,6 +124,11 @@ def readable(grad: torch.Tensor, device: torch.device) -> torch.Tensor:
     if grad.is_complex():
         grad = grad.abs()  # |g| gives Σ|g|², Σ|g| and max|g| of the complex values
     return grad
+
+
+def _dispatches_itself(tensor: torch.Tensor) -> bool:
+    """True for wrapper subclasses (``__torch_dispatch__``), whose storage, if any, is not their data."""
+    return getattr(type(tensor), "__torch_dispatch__", None) is not torch.Tensor.__torch_dispatch__
 
 
 class UnreadableLog:

@@ -329,6 +329,8 @@ class DeviceStats:
 
 def make_stats(tracked: Sequence[TrackedParam]) -> CpuStats | DeviceStats:
     devices = {t.param.device for t in tracked}
+    if any(d.type == "meta" for d in devices):
+        raise NotImplementedError("parameters on the meta device have no data to take statistics of")
     if len(devices) == 1 and next(iter(devices)).type != "cpu":
         return DeviceStats(tracked, next(iter(devices)))
     if all(d.type == "cpu" for d in devices):
