@@ -52,15 +52,18 @@ def assert_equal_to_full_gradients(stream: StreamData, seen: list[dict[str, Any]
 
 
 @pytest.mark.slow
-def test_fsdp2_records_the_full_gradient_exactly(tmp_path: Path) -> None:
+@pytest.mark.parametrize("mode", ["fsdp2", "fsdp1"])
+def test_sharded_training_records_the_full_gradient_exactly(tmp_path: Path, mode: str) -> None:
+    """FSDP2 (DTensor gradients) and FSDP1 with use_orig_params (1-D pieces of each parameter)."""
     out, saved, single = tmp_path / "run.h5", tmp_path / "fsdp.pt", tmp_path / "single.pt"
-    result = record(out, torchrun("--mode", "fsdp2", "--save", str(saved)), cwd=tmp_path)
+    result = record(out, torchrun("--mode", mode, "--save", str(saved)), cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "merged the statistics of 2 ranks" in result.stderr
     assert sorted(tmp_path.glob("*.h5")) == [out]  # the rank files were merged, then removed
 
     stream = stream_of(out)
     assert stream.params.names == NAMES and stream.params.shapes == SHAPES  # unsharded names and shapes
+    assert stream.params.kinds == ["weight", "bias", "norm", "norm", "weight", "bias"]
     assert stream.stats["active"][0].tolist() == [33 * 12, 33, 33, 33, 5 * 33, 5]  # every element once
     assert_equal_to_full_gradients(stream, torch.load(saved)["steps"], rtol=1e-6)
 

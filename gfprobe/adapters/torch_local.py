@@ -16,7 +16,7 @@ tensors, nested tensors, tensor subclasses other than DTensor) is skipped with o
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import torch
@@ -44,12 +44,50 @@ class Sharding:
     local_numel: int
 
 
+@dataclass(frozen=True)
+class Fsdp1Shard:
+    """A parameter FSDP1 shards in place: its full shape, and whether this rank's piece counts."""
+
+    shape: tuple[int, ...]
+    owner: bool
+    padding: int = 0  # trailing zeros FSDP1 pads a flat parameter's shard with
+
+
+def fsdp1_shards(roots: Iterable[torch.nn.Module]) -> dict[int, Fsdp1Shard]:
+    """FSDP1 (``FullyShardedDataParallel``) parameters under ``roots`` that ranks hold sharded.
+
+    With ``use_orig_params=True`` the optimizer steps the original parameters, each now a 1-D
+    view of this rank's piece (empty when the piece is elsewhere); otherwise it steps one flat
+    parameter per FSDP unit. Either way the pieces of all ranks make the whole exactly once (once
+    per replica group under HYBRID_SHARD, whose replicas other than the first do not count).
+    """
+    try:
+        from torch.distributed.fsdp import FullyShardedDataParallel
+    except ImportError:
+        return {}
+    found: dict[int, Fsdp1Shard] = {}
+    for root in roots:
+        for module in root.modules():
+            handle = getattr(module, "_handle", None) if isinstance(module, FullyShardedDataParallel) else None
+            if handle is None or not handle.uses_sharded_strategy:
+                continue
+            replicas = getattr(module, "_inter_node_pg", None)
+            owner = replicas is None or torch.distributed.get_rank(group=replicas) == 0
+            flat = handle.flat_param
+            found[id(flat)] = Fsdp1Shard(tuple(flat._unpadded_unsharded_size), owner, flat._shard_numel_padded)
+            for param, shape in zip(flat._params or (), flat._shapes, strict=False):
+                found[id(param)] = Fsdp1Shard(tuple(shape), owner)
+    return found
+
+
 def is_dtensor(tensor: object) -> bool:
     return DTensor is not None and isinstance(tensor, DTensor)
 
 
-def sharding_of(param: torch.Tensor) -> Sharding | None:
+def sharding_of(param: torch.Tensor, fsdp1: Fsdp1Shard | None = None) -> Sharding | None:
     """None for a parameter every rank holds whole (plain tensors, DDP)."""
+    if fsdp1 is not None:
+        return Sharding(fsdp1.owner, param.numel() - fsdp1.padding)
     if not is_dtensor(param):
         return None
     local = param.to_local()  # type: ignore[attr-defined]

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from gfprobe.adapters.torch_local import Sharding, local_mask_getter, sharding_of
+from gfprobe.adapters.torch_local import Sharding, fsdp1_shards, local_mask_getter, sharding_of
 from gfprobe.errors import ConfigError
 from gfprobe.store.writer import ParamInfo
 
@@ -109,12 +109,12 @@ def discover_roots() -> list[nn.Module]:
     return [m for m in modules if id(m) not in children]
 
 
-def classify(local: str, module: nn.Module | None, param: torch.Tensor) -> str:
+def classify(local: str, module: nn.Module | None, ndim: int) -> str:
     if module is not None and (isinstance(module, _NORM_TYPES) or "Norm" in type(module).__name__):
         return "norm"
     if local.endswith("bias"):
         return "bias"
-    return "weight" if param.dim() >= 2 else "other"
+    return "weight" if ndim >= 2 else "other"
 
 
 def track(
@@ -124,6 +124,8 @@ def track(
 ) -> list[TrackedParam]:
     """Name every parameter (by the largest module tree that owns it) and resolve its mask."""
     params = list(params)
+    roots = list(roots)
+    fsdp1 = fsdp1_shards(roots)
     owners: dict[int, _Owner] = {}
     for root in sorted(roots, key=lambda r: -sum(1 for _ in r.parameters())):
         for key, owner in _owners_in(root).items():
@@ -137,20 +139,22 @@ def track(
         if name in seen_names:
             name = f"{name}#{index}"
         seen_names.add(name)
+        shard = fsdp1.get(id(param))
+        shape = shard.shape if shard else tuple(param.shape)  # a DTensor's shape is the unsharded one
         source, getter, grad_masked = owner.source, owner.mask, owner.source in ("prune", "parametrize")
         if masks == "none":
             source, getter, grad_masked = "none", None, False
         elif name in explicit:
             source, getter, grad_masked = "explicit", _const(explicit.pop(name), param, name), False
-        elif masks == "zeros" and source == "none" and param.dim() >= 2:
+        elif masks == "zeros" and source == "none" and len(shape) >= 2:
             source, getter, grad_masked = "zeros", _const(param.detach() != 0, param, name), False
-        sharding = sharding_of(param)
-        if sharding is not None and getter is not None:
+        sharding = sharding_of(param, shard)
+        if sharding is not None and shard is None and getter is not None:
             getter = local_mask_getter(getter, param)
         info = ParamInfo(
             name=name,
-            shape=tuple(param.shape),  # a DTensor's shape is the full, unsharded one
-            kind=classify(owner.local, owner.module, param),
+            shape=shape,
+            kind=classify(owner.local, owner.module, len(shape)),
             module_type=type(owner.module).__name__ if owner.module is not None else "",
             mask_source=source,
         )

@@ -136,6 +136,8 @@ class _Gradients:
         grad = t.param.grad
         if grad is None:
             return None
+        if t.sharding is not None and not t.sharding.owner:
+            return grad.new_empty(0)  # a replica another rank counts
         try:
             return readable(grad, self._device)
         except Unreadable as problem:

@@ -1,11 +1,12 @@
 """Data-parallel training three ways on one global batch, for checking recorded statistics against
 the full gradients; no gfprobe code in it.
 
-``--mode fsdp2`` (``fully_shard``, run under ``torchrun``, gloo on CPU), ``--mode ddp`` (under
-``torchrun``) and ``--mode single`` (one process) train the same model on the same global batches:
+``--mode fsdp2`` (``fully_shard``, run under ``torchrun``, gloo on CPU), ``--mode fsdp1``
+(``FullyShardedDataParallel(use_orig_params=True)``), ``--mode ddp`` (under ``torchrun``) and ``--mode single`` (one process) train the same model on the same global batches:
 each rank takes its slice, and both FSDP2 and DDP average the ranks' gradients, so every mode
 consumes the same gradient. Rank 0 saves, per step, each parameter's Σg², Σ|g| and max|g| of
-the full gradient as the script sees it (``p.grad.full_tensor()`` under FSDP2).
+the full gradient as the script sees it (``p.grad.full_tensor()`` under FSDP2, FSDP1's
+``summon_full_params(with_grads=True)``).
 """
 
 import argparse
@@ -28,6 +29,9 @@ def full(grad: torch.Tensor) -> torch.Tensor:
 
 
 def statistics(model: nn.Module) -> dict[str, tuple[float, float, float]]:
+    if hasattr(model, "summon_full_params"):  # FSDP1: gather the full gradients to compare
+        with model.summon_full_params(model, with_grads=True):
+            return statistics(model.module)
     out = {}
     for name, p in model.named_parameters():
         g = full(p.grad).detach().double()
@@ -37,7 +41,7 @@ def statistics(model: nn.Module) -> dict[str, tuple[float, float, float]]:
 
 def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("--mode", choices=["fsdp2", "ddp", "single"], required=True)
+    p.add_argument("--mode", choices=["fsdp2", "fsdp1", "ddp", "single"], required=True)
     p.add_argument("--steps", type=int, default=6)
     p.add_argument("--save", required=True)
     p.add_argument("--die-at", type=int, default=-1, help="rank 1 kills itself at this step")
@@ -58,6 +62,11 @@ def main() -> None:
                 fully_shard(layer, mesh=mesh)
         fully_shard(model, mesh=mesh)
         net: nn.Module = model
+    elif args.mode == "fsdp1":
+        from torch.distributed.fsdp import FullyShardedDataParallel
+
+        net = FullyShardedDataParallel(model, use_orig_params=True, device_id=torch.device("cpu"))
+        model = net  # its parameters are the original ones, sharded in place
     elif args.mode == "ddp":
         net = nn.parallel.DistributedDataParallel(model)
     else:
