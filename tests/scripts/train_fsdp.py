@@ -1,12 +1,13 @@
-"""Data-parallel training three ways on one global batch, for checking recorded statistics against
+"""Data-parallel training four ways on one global batch, for checking recorded statistics against
 the full gradients; no gfprobe code in it.
 
-``--mode fsdp2`` (``fully_shard``, run under ``torchrun``, gloo on CPU), ``--mode fsdp1``
-(``FullyShardedDataParallel(use_orig_params=True)``), ``--mode ddp`` (under ``torchrun``) and ``--mode single`` (one process) train the same model on the same global batches:
-each rank takes its slice, and both FSDP2 and DDP average the ranks' gradients, so every mode
-consumes the same gradient. Rank 0 saves, per step, each parameter's Σg², Σ|g| and max|g| of
-the full gradient as the script sees it (``p.grad.full_tensor()`` under FSDP2, FSDP1's
-``summon_full_params(with_grads=True)``).
+``--mode fsdp2`` (``fully_shard``), ``--mode fsdp1`` (``FullyShardedDataParallel`` with
+``use_orig_params=True``) and ``--mode ddp``, each under ``torchrun`` with gloo on CPU, and
+``--mode single`` (one process) train the same model on the same global batches: each rank takes
+its slice, and FSDP and DDP average the ranks' gradients, so every mode consumes the same
+gradient. Rank 0 saves, per step, each parameter's Σg², Σ|g| and max|g| of the full gradient as
+the script sees it (``p.grad.full_tensor()`` under FSDP2, ``summon_full_params(with_grads=True)``
+under FSDP1).
 """
 
 import argparse
