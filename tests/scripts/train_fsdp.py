@@ -11,6 +11,7 @@ under FSDP1).
 """
 
 import argparse
+import hashlib
 import os
 
 import torch
@@ -38,6 +39,17 @@ def statistics(model: nn.Module) -> dict[str, tuple[float, float, float]]:
         g = full(p.grad).detach().double()
         out[name] = ((g * g).sum().item(), g.abs().sum().item(), g.abs().max().item())
     return out
+
+
+def checksum(model: nn.Module) -> str:
+    """A digest of the full final weights (a collective under FSDP: every rank calls it)."""
+    if hasattr(model, "summon_full_params"):
+        with model.summon_full_params(model):
+            return checksum(model.module)
+    digest = hashlib.sha256()
+    for p in model.parameters():
+        digest.update(full(p.detach()).numpy().tobytes())
+    return digest.hexdigest()
 
 
 def main() -> None:
@@ -85,8 +97,10 @@ def main() -> None:
         nn.functional.cross_entropy(net(x[mine]), y[mine]).backward()
         seen.append(statistics(model))
         opt.step()
+    weights = checksum(model)
     if rank == 0:
         torch.save({"steps": seen, "world": world}, args.save)
+        print(f"weights {weights}", flush=True)
     if distributed:
         dist.barrier()
         dist.destroy_process_group()
