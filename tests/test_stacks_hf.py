@@ -50,13 +50,18 @@ class StackRun:
 
 # -- helpers ---------------------------------------------------------------------------------
 def run_stack(script: str, folder: Path) -> StackRun:
-    """Run ``script`` without and with gfprobe; read the run file and the script's snapshots."""
+    """Run ``script`` without and with gfprobe (concurrently: each child uses one thread, and the
+    two runs share nothing but the code); read the run file and the script's snapshots."""
     env = child_env(**HF_ENV)
-    plain = subprocess.run([sys.executable, str(SCRIPTS / script)], capture_output=True, text=True,
-                           timeout=240, env=env, cwd=folder)
+    command = [sys.executable, str(SCRIPTS / script)]
+    stdout, stderr = folder / "plain.out", folder / "plain.err"  # files: a full pipe would block it
+    with stdout.open("w") as o, stderr.open("w") as e, subprocess.Popen(command, stdout=o, stderr=e, env=env,
+                                                                        cwd=folder) as proc:
+        out, witness_path = folder / "run.h5", folder / "witness.pt"
+        recorded = record(out, script, "--save", str(witness_path), cwd=folder, env=env)
+        proc.wait(timeout=240)
+    plain = subprocess.CompletedProcess(command, proc.returncode, stdout.read_text(), stderr.read_text())
     assert plain.returncode == 0, plain.stderr
-    out, witness_path = folder / "run.h5", folder / "witness.pt"
-    recorded = record(out, script, "--save", str(witness_path), cwd=folder, env=env)
     assert recorded.returncode == 0, recorded.stderr
     with open_run(out) as run:
         n_streams, stream = run.n_streams, run.stream(0)

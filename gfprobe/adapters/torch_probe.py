@@ -315,8 +315,9 @@ class _ClosureStep:
         return result
 
 
+# Step hooks get step()'s arguments with the optimizer itself first: args = (self, closure?, ...).
 def _closure_of(args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> Callable[[], Any] | None:
-    closure = kwargs["closure"] if "closure" in kwargs else args[0] if args else None
+    closure = kwargs["closure"] if "closure" in kwargs else args[1] if len(args) > 1 else None
     return closure if callable(closure) else None
 
 
@@ -325,7 +326,7 @@ def _with_closure(args: tuple[Any, ...], kwargs: dict[str, Any],
     """The step's arguments with its closure replaced, passed the way the caller passed it."""
     if "closure" in kwargs:
         return args, {**kwargs, "closure": closure}
-    return (closure, *args[1:]), kwargs
+    return (args[0], closure, *args[2:]), kwargs
 
 
 def _async_to_host(rows: list[torch.Tensor]) -> Callable[[], np.ndarray]:

@@ -82,7 +82,8 @@ def main() -> None:
     accelerate.utils.set_seed(args.seed)
     accelerator = accelerate.Accelerator(gradient_accumulation_steps=args.accumulate, cpu=True)
     config = transformers.BertConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                                     intermediate_size=64, max_position_embeddings=32, num_labels=CLASSES)
+                                     intermediate_size=64, max_position_embeddings=32)
+    config.num_labels = CLASSES
     model = transformers.BertForSequenceClassification(config)
     spy = SpyOptimizer(model.named_parameters(), lr=1e-2)
     model, optimizer = accelerator.prepare(model, spy)

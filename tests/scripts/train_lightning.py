@@ -37,6 +37,7 @@ class SnapshotSGD(torch.optim.Optimizer):
         pairs = list(named)
         self.names = [name for name, _ in pairs]
         self.snapshots: list[list[float]] = []
+        self.grad_dtypes: set[str] = set()
         super().__init__([p for _, p in pairs], {"lr": lr})
 
     @torch.no_grad()
@@ -46,6 +47,7 @@ class SnapshotSGD(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         params = [p for group in self.param_groups for p in group["params"]]
+        self.grad_dtypes.update(str(p.grad.dtype) for p in params if p.grad is not None)
         self.snapshots.append([0.0 if p.grad is None else float(p.grad.double().square().sum()) for p in params])
         for group in self.param_groups:
             for p in group["params"]:
@@ -112,7 +114,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--clip", type=float, default=None, help="gradient_clip_val (norm)")
     p.add_argument("--precision", default="32-true", choices=["32-true", "bf16-mixed"])
     p.add_argument("--manual", action="store_true", help="manual optimization")
-    p.add_argument("--save", default="", help="where to torch.save the snapshots (first group only)")
+    p.add_argument("--save", default="", help="where to torch.save every group's snapshots (any one group)")
     return p
 
 
@@ -131,6 +133,7 @@ def train(args: argparse.Namespace) -> dict[str, object]:
     print(f"config {config} steps {trainer.global_step} weights {weights_digest(model)}", flush=True)
     return {"config": config, "names": model.snapshot_opt.names,
             "sumsq": torch.tensor(model.snapshot_opt.snapshots, dtype=torch.float64),
+            "grad_dtypes": sorted(model.snapshot_opt.grad_dtypes),
             "weights": {n: p.detach().clone() for n, p in model.named_parameters()}}
 
 
@@ -147,8 +150,9 @@ def groups(argv: list[str]) -> list[list[str]]:
 def main() -> None:
     runs = [parser().parse_args(group) for group in groups(sys.argv[1:])]
     results = [train(args) for args in runs]
-    if runs[0].save:
-        torch.save(results, runs[0].save)
+    save = next((args.save for args in runs if args.save), "")
+    if save:
+        torch.save(results, save)
 
 
 if __name__ == "__main__":
