@@ -24,9 +24,8 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
-from torch.utils.hooks import RemovableHandle
 
+from gfprobe.adapters import torch_hooks
 from gfprobe.adapters.torch_params import TrackedParam, discover_roots, track
 from gfprobe.adapters.torch_stats import DEFAULT_KERNEL, CpuStats, DeviceStats, make_stats
 from gfprobe.capture import session
@@ -78,7 +77,6 @@ class Probe:
         self._model_params: set[int] = {id(p) for p in model.parameters()} if model is not None else set()
         self._streams: weakref.WeakKeyDictionary[torch.optim.Optimizer, _Stream] = weakref.WeakKeyDictionary()
         self._ignored: weakref.WeakSet[torch.optim.Optimizer] = weakref.WeakSet()
-        self._handles: list[RemovableHandle] = []
         self._scaler_original: Callable[..., Any] | None = None
         self._fired: torch.optim.Optimizer | None = None
         # step(closure) calls in progress: recorded when their closure first returns.
@@ -89,12 +87,7 @@ class Probe:
 
     # -- lifecycle ----------------------------------------------------------------------------
     def start(self) -> Probe:
-        if self._optimizer is not None:
-            self._handles.append(self._optimizer.register_step_pre_hook(self._pre_hook))
-            self._handles.append(self._optimizer.register_step_post_hook(self._post_hook))
-        else:
-            self._handles.append(register_optimizer_step_pre_hook(self._pre_hook))
-            self._handles.append(register_optimizer_step_post_hook(self._post_hook))
+        torch_hooks.attach(self)
         self._patch_grad_scaler()
         session.activate(self._recorder)
         atexit.register(self.close)
@@ -128,17 +121,21 @@ class Probe:
 
     def _detach(self) -> None:
         self._active = False
-        for handle in self._handles:
-            handle.remove()
-        self._handles.clear()
+        torch_hooks.detach(self)
         session.deactivate(self._recorder)
         self._unpatch_grad_scaler()
 
-    # -- hooks (the hot path) ------------------------------------------------------------------
-    def _pre_hook(self, optimizer: torch.optim.Optimizer, args: tuple[Any, ...],
-                  kwargs: dict[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any]] | None:
+    # -- hooks (the hot path; called by torch_hooks) -------------------------------------------
+    def _observes(self, optimizer: torch.optim.Optimizer) -> bool:
+        return self._optimizer is None or optimizer is self._optimizer
+
+    def before_step(self, optimizer: torch.optim.Optimizer, args: tuple[Any, ...],
+                    kwargs: dict[str, Any]) -> torch_hooks.StepArgs | None:
+        """At ``optimizer.step()``, eagerly: record now, or wrap a closure that computes the gradient."""
+        if not self._observes(optimizer):
+            return None
         self._fired = optimizer
-        closure = _closure_of(args, kwargs)
+        closure = torch_hooks.closure_of(args, kwargs)
         if closure is None:
             self._record(optimizer, skipped=False)
             return None
@@ -148,19 +145,28 @@ class Probe:
         try:
             step = _ClosureStep(self, optimizer, closure)
             self._closure_steps[optimizer] = step
-            return _with_closure(args, kwargs, step)
+            return torch_hooks.with_closure(args, kwargs, step)
         except Exception as exc:
             self._fail(exc)
             return None
 
-    def _post_hook(self, optimizer: torch.optim.Optimizer, _args: Any, _kwargs: Any) -> None:
+    def after_step(self, optimizer: torch.optim.Optimizer) -> None:
         step = self._closure_steps.pop(optimizer, None)
         if step is not None and not step.recorded:
             # An optimizer that never called its closure consumed the gradient already in place;
             # step() leaves .grad as it was, so it is still the one consumed.
             self._record(optimizer, skipped=False)
 
-    def _record(self, optimizer: torch.optim.Optimizer, skipped: bool) -> None:
+    def record_compiled(self, optimizer: torch.optim.Optimizer, grads: list[torch.Tensor | None]) -> None:
+        """A step of compiled code, with the gradients it consumes (see ``torch_hooks``)."""
+        if self._observes(optimizer):
+            self._fired = optimizer
+            self._record(optimizer, skipped=False, grads=grads)
+
+    def _record(self, optimizer: torch.optim.Optimizer, skipped: bool,
+                grads: list[torch.Tensor | None] | None = None) -> None:
+        """``grads``: the gradients in the optimizer's parameter order, when they are not (yet)
+        the parameters' ``.grad`` attributes, as inside compiled code."""
         if not self._active or os.getpid() != self._recorder.pid:
             return  # closed, or a forked child (e.g. a DataLoader worker) inherited the hook
         try:
@@ -176,7 +182,7 @@ class Probe:
             if stream.index == 0:
                 self._recorder.current_step = stream.step
             if self._schedule(step):
-                stream.rows.append(stream.kernel.row())
+                stream.rows.append(stream.kernel.row(grads))
                 stream.steps.append(step)
                 stream.times.append(self._recorder.elapsed())
                 stream.skipped.append(int(skipped))
@@ -269,6 +275,8 @@ class Probe:
         probe = self
 
         def step(scaler: Any, optimizer: torch.optim.Optimizer, *args: Any, **kwargs: Any) -> Any:
+            if torch.compiler.is_compiling():  # inside compiled code, the op records the step
+                return original(scaler, optimizer, *args, **kwargs)
             probe._fired = None
             result = original(scaler, optimizer, *args, **kwargs)
             if probe._active and probe._fired is not optimizer:
@@ -313,20 +321,6 @@ class _ClosureStep:
             if optimizer is not None:
                 self._probe._record(optimizer, skipped=False)
         return result
-
-
-# Step hooks get step()'s arguments with the optimizer itself first: args = (self, closure?, ...).
-def _closure_of(args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> Callable[[], Any] | None:
-    closure = kwargs["closure"] if "closure" in kwargs else args[1] if len(args) > 1 else None
-    return closure if callable(closure) else None
-
-
-def _with_closure(args: tuple[Any, ...], kwargs: dict[str, Any],
-                  closure: Callable[[], Any]) -> tuple[tuple[Any, ...], dict[str, Any]]:
-    """The step's arguments with its closure replaced, passed the way the caller passed it."""
-    if "closure" in kwargs:
-        return args, {**kwargs, "closure": closure}
-    return (args[0], closure, *args[2:]), kwargs
 
 
 def _async_to_host(rows: list[torch.Tensor]) -> Callable[[], np.ndarray]:

@@ -128,12 +128,18 @@ class _Gradients:
         self._tracked = tracked
         self._device = device
         self._unreadable = UnreadableLog()
+        self._given: Sequence[torch.Tensor | None] | None = None
+
+    def use(self, grads: Sequence[torch.Tensor | None] | None) -> None:
+        """This step's gradients in parameter order, when they are not the ``.grad`` attributes
+        (compiled code); None: read ``.grad``."""
+        self._given = grads if grads is not None and len(grads) == len(self._tracked) else None
 
     def of(self, index: int) -> torch.Tensor | None:
         """The gradient of parameter ``index`` as the kernels may read it; None when it has none
         or it cannot be read (warned about once)."""
         t = self._tracked[index]
-        grad = t.param.grad
+        grad = t.param.grad if self._given is None else self._given[index]
         if grad is None:
             return None
         if t.sharding is not None and not t.sharding.owner:
@@ -189,8 +195,10 @@ class CpuStats:
         self._masks: dict[int, tuple[tuple[int, int], np.ndarray]] = {}
         self._buffers: dict[int, np.ndarray] = {}
 
-    def row(self) -> np.ndarray:
-        """One pass over the parameters gathers what each kernel reads; the kernel runs once."""
+    def row(self, grads: Sequence[torch.Tensor | None] | None = None) -> np.ndarray:
+        """One pass over the parameters gathers what each kernel reads; the kernel runs once.
+        ``grads``: see :meth:`_Gradients.use`."""
+        self._grads.use(grads)
         out = np.zeros((N_FIELDS, len(self._tracked)), dtype=np.float64)
         out[_F["active"]] = self._active.values
         inputs = []  # (column, gradient as flat memory, mask to apply or None)
@@ -305,7 +313,8 @@ class DeviceStats:
                 self._mask_keys[i] = key
                 self._counts[i] = torch.count_nonzero(mask).to(torch.float32)
 
-    def row(self) -> torch.Tensor:
+    def row(self, grads: Sequence[torch.Tensor | None] | None = None) -> torch.Tensor:
+        self._grads.use(grads)
         self._refresh_counts()
         out = torch.zeros((N_FIELDS, len(self._tracked)), dtype=torch.float32, device=self._device)
         out[_F["active"]] = self._counts
@@ -313,8 +322,8 @@ class DeviceStats:
         present = [i for i, grad in readable if grad is not None]
         if not present:
             return out
-        grads = [_device_input(grad) for _, grad in readable if grad is not None]
-        raw = self._four(grads)
+        inputs = [_device_input(grad) for _, grad in readable if grad is not None]
+        raw = self._four(inputs)
         index = self._index(present)
         out[0:4].index_copy_(1, index, raw)
         out[4:8].index_copy_(1, index, raw)
@@ -324,7 +333,7 @@ class DeviceStats:
         if masked:
             masks = [self._tracked[present[j]].mask() for j in masked]  # type: ignore[misc]
             # A selection, not a product: NaN * 0 would leak a masked entry's NaN (as on the CPU).
-            effective = [torch.where(m.bool(), grads[j], 0.0) for j, m in zip(masked, masks, strict=True)]
+            effective = [torch.where(m.bool(), inputs[j], 0.0) for j, m in zip(masked, masks, strict=True)]
             out[4:8].index_copy_(1, self._index([present[j] for j in masked]), self._four(list(effective)))
         return out
 
