@@ -35,6 +35,7 @@ class Compiled:
     warnings: list[str]
     stderr: str
     expected: list[list[float]] = field(default_factory=list)  # Σg² per parameter, per step
+    weights: list[torch.Tensor] = field(default_factory=list)  # after the last step
 
 
 def make(optimizer: str) -> tuple[nn.Module, torch.optim.Optimizer]:
@@ -94,6 +95,7 @@ def compiled_optimizer_step(optimizer: str, out: Path | None) -> Compiled:
             nn.functional.mse_loss(model(x), y).backward()
             result.expected.append(sumsq([p.grad for p in model.parameters()]))
             step()
+    result.weights = [p.detach().clone() for p in model.parameters()]
     return result
 
 
@@ -114,6 +116,7 @@ def compiled_training_step(optimizer: str, out: Path | None) -> Compiled:
         for _ in range(STEPS):
             result.expected.append(sumsq(eager_gradients(model, x, y)))
             train_step(x, y)
+    result.weights = [p.detach().clone() for p in model.parameters()]
     return result
 
 
@@ -137,6 +140,7 @@ def test_compiled_code_is_unchanged_and_every_step_is_recorded(
     watched = run(optimizer, tmp_path / "run.h5")
 
     assert (watched.graph_breaks, watched.frames) == (plain.graph_breaks, plain.frames)
+    assert all(torch.equal(a, b) for a, b in zip(watched.weights, plain.weights, strict=True))
     # Nothing new from torch or Python: torch warns some things once per process, so the second
     # run may print less than the first, never more.
     assert set(watched.warnings) <= set(plain.warnings)
