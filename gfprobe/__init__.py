@@ -37,6 +37,7 @@ def watch(
     every: int | Schedule = 1,
     masks: str | Mapping[str, torch.Tensor] = "auto",
     attrs: Mapping[str, Any] | None = None,
+    all_ranks: bool = False,
 ) -> Probe:
     """Record per-layer gradient statistics of ``model`` into the HDF5 file ``out``.
 
@@ -51,11 +52,15 @@ def watch(
         masks: ``"auto"`` (torch prune / parametrize masks), ``"zeros"`` (weights exactly zero
             at the first step are masked), ``"none"``, or a ``{param_name: mask}`` mapping.
         attrs: free-form run attributes stored in the file, e.g. ``{"sparse": True}``.
+        all_ranks: under DDP, every rank records its own run into ``<out-stem>.rank<r>.h5``
+            (default: rank 0 alone, since DDP leaves every rank the same gradient).
 
     Returns:
         A :class:`~gfprobe.adapters.torch_probe.Probe`; use it as a context manager or call
-        ``close()``. Under distributed training only rank 0 records.
+        ``close()``. Under DDP rank 0 records. Under sharded training (FSDP2, DTensor, FSDP1)
+        every rank records its shard into ``<out-stem>.rank<r>.h5``; merge them with
+        ``gfprobe merge`` (``gfprobe record`` merges by itself).
     """
     from gfprobe.adapters.torch_probe import watch as _watch
 
-    return _watch(model, optimizer, out=out, every=every, masks=masks, attrs=attrs)
+    return _watch(model, optimizer, out=out, every=every, masks=masks, attrs=attrs, all_ranks=all_ranks)

@@ -1,8 +1,9 @@
 """The PyTorch adapter: optimizer step hooks that feed the recorder.
 
-What is recorded is the gradient the optimizer is about to consume, read in an optimizer step
-pre-hook: after gradient accumulation, after DDP's all-reduce, after ``GradScaler`` unscaling
-and after any clipping the user applies before ``step()``. That is the gradient that moves the
+What is recorded is the gradient the optimizer consumes, read in an optimizer step pre-hook
+(``torch_hooks``): after gradient accumulation, after DDP's all-reduce, after ``GradScaler``
+unscaling and after any clipping the user applies before ``step()``; for ``step(closure)``, when
+the closure, which computes that gradient, first returns. That is the gradient that moves the
 weights, so it is the one whose flow matters. Steps that ``GradScaler`` skips for inf/NaN never
 reach ``optimizer.step``; a wrapper around ``GradScaler.step`` notices and records them as
 skipped, with the (unscaled, non-finite) statistics that caused the skip.
