@@ -82,7 +82,11 @@ def _post_hook(optimizer: torch.optim.Optimizer, _args: Any, _kwargs: Any) -> No
 
 
 # -- under torch.compile ------------------------------------------------------------------------
-@torch.library.custom_op("gfprobe::observe", mutates_args=(), tags=(torch.Tag.cudagraph_unsafe,))
+# Never captured into a CUDA graph (mode="reduce-overhead"): a replay would skip the body.
+_UNSAFE_FOR_CUDA_GRAPHS = (torch.Tag.cudagraph_unsafe,) if hasattr(torch.Tag, "cudagraph_unsafe") else ()
+
+
+@torch.library.custom_op("gfprobe::observe", mutates_args=(), tags=_UNSAFE_FOR_CUDA_GRAPHS)
 def _observe(key: int, grads: list[torch.Tensor | None]) -> None:
     """Record a compiled step. ``key`` names the optimizer (see :func:`_key_of`); a key this process
     does not know (compiled code from another process's cache) records nothing."""

@@ -48,7 +48,7 @@ def checksum(model: nn.Module) -> str:
             return checksum(model.module)
     digest = hashlib.sha256()
     for p in model.parameters():
-        digest.update(full(p.detach()).numpy().tobytes())
+        digest.update(full(p.detach()).clone().numpy().tobytes())  # a copy: FSDP1 frees the gathered storage
     return digest.hexdigest()
 
 
