@@ -156,8 +156,9 @@ def _consolidate_shards(out: Path, since: float) -> tuple[list[Path], list[str]]
         return rank_files, []
     try:
         result = merge(rank_files, out)
-    except GfprobeError as exc:
-        return [], [f"could not merge the rank files {', '.join(map(str, rank_files))}: {exc}"]
+    except Exception as exc:  # a disk or file problem must not cost the command's exit code
+        return [], [f"could not merge the rank files {', '.join(map(str, rank_files))}: {exc}; "
+                    "they are kept (merge them later with 'gfprobe merge')"]
     dropped = sum(result.dropped)
     if dropped:
         return [], [f"merged {result.ranks} ranks into {out}, leaving out {dropped} steps not every rank "

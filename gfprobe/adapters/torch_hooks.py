@@ -30,6 +30,8 @@ import torch
 from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
 from torch.utils.hooks import RemovableHandle
 
+from gfprobe.adapters.torch_local import is_dtensor
+
 if TYPE_CHECKING:
     from gfprobe.adapters.torch_probe import Probe
 
@@ -113,12 +115,16 @@ def _keep_in_graph() -> None:
 _keep_in_graph()
 
 
-@torch._dynamo.assume_constant_result  # type: ignore[untyped-decorator]
 def _key_of(optimizer: torch.optim.Optimizer) -> int:
     """Runs for real while tracing (the result is a constant of the graph, guarded by the identity
     of the optimizer, which the optimizer's own frames already guard on)."""
     _optimizers[id(optimizer)] = optimizer
     return id(optimizer)
+
+
+# What torch._dynamo.assume_constant_result does, without importing torch._dynamo (about 2 s)
+# into every process that imports torch under 'gfprobe record': launchers, DataLoader workers.
+_key_of._dynamo_marked_constant = True  # type: ignore[attr-defined]
 
 
 def gradients(optimizer: torch.optim.Optimizer) -> list[torch.Tensor | None]:
@@ -131,7 +137,19 @@ def gradients(optimizer: torch.optim.Optimizer) -> list[torch.Tensor | None]:
 
 
 def _emit(optimizer: torch.optim.Optimizer) -> None:
-    torch.ops.gfprobe.observe(_key_of(optimizer), gradients(optimizer))
+    torch.ops.gfprobe.observe(_key_of(optimizer), [_plain(g) for g in gradients(optimizer)])
+
+
+def _plain(grad: torch.Tensor | None) -> torch.Tensor | None:
+    """What the op may take: a plain tensor. Tensor subclasses have no implementation of the op
+    (a DTensor would raise in the user's step); a DTensor passes its local shard, other
+    subclasses pass nothing and are recorded as missing."""
+    if grad is None or type(grad) is torch.Tensor:
+        return grad
+    if is_dtensor(grad):
+        local: torch.Tensor = grad.to_local()  # type: ignore[attr-defined]
+        return local
+    return None
 
 
 def _traced_step(optimizer: torch.optim.Optimizer, args: tuple[Any, ...], kwargs: dict[str, Any]) -> StepArgs | None:

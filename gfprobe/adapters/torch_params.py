@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import sys
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
@@ -125,7 +126,8 @@ def track(
     """Name every parameter (by the largest module tree that owns it) and resolve its mask."""
     params = list(params)
     roots = list(roots)
-    fsdp1 = fsdp1_shards(roots)
+    # FSDP1 wraps the model: when a user hands watch() the inner model, its FSDP units are above it.
+    fsdp1 = fsdp1_shards(discover_roots() if "torch.distributed.fsdp" in sys.modules else roots)
     owners: dict[int, _Owner] = {}
     for root in sorted(roots, key=lambda r: -sum(1 for _ in r.parameters())):
         for key, owner in _owners_in(root).items():

@@ -136,6 +136,7 @@ class Probe:
         if not self._observes(optimizer):
             return None
         self._fired = optimizer
+        self._closure_steps.pop(optimizer, None)  # left by a step whose closure raised
         closure = torch_hooks.closure_of(args, kwargs)
         if closure is None:
             self._record(optimizer, skipped=False)
@@ -230,9 +231,10 @@ class Probe:
         if world == 1:
             return True
         layout = "sharded" if sharded else "replica" if self._all_ranks else "rank0"
+        accepted = self._recorder.use_layout(rank, world, layout)  # the first optimizer fixes it on every rank
         if layout == "rank0" and rank != 0:
             return False
-        if not self._recorder.use_layout(rank, world, layout):
+        if not accepted:
             log.warning("gfprobe: optimizer %s is %s, unlike the run's first optimizer; it is not recorded",
                         type(optimizer).__name__, "sharded" if sharded else "not sharded")
             return False
@@ -280,7 +282,7 @@ class Probe:
                 return original(scaler, optimizer, *args, **kwargs)
             probe._fired = None
             result = original(scaler, optimizer, *args, **kwargs)
-            if probe._active and probe._fired is not optimizer:
+            if probe._active and probe._fired is not optimizer and probe._observes(optimizer):
                 probe._record(optimizer, skipped=True)
             return result
 

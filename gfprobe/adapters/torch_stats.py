@@ -142,10 +142,23 @@ class _Gradients:
         grad = t.param.grad if self._given is None else self._given[index]
         if grad is None:
             return None
-        if t.sharding is not None and not t.sharding.owner:
-            return grad.new_empty(0)  # a replica another rank counts
         try:
-            return readable(grad, self._device)
+            local = readable(grad, self._device)
+        except Unreadable as problem:
+            self._unreadable.warn(t.info.name, problem)
+            return None
+        if t.sharding is not None and not t.sharding.owner:
+            return local.reshape(-1)[:0]  # a replica another rank counts
+        return local
+
+    def mask(self, index: int) -> torch.Tensor | None:
+        """Parameter ``index``'s mask as this rank holds it; None when it has none or it cannot
+        be read (warned about once; the parameter's gradient is then not read either)."""
+        t = self._tracked[index]
+        if t.mask is None:
+            return None
+        try:
+            return t.mask()
         except Unreadable as problem:
             self._unreadable.warn(t.info.name, problem)
             return None
@@ -203,7 +216,9 @@ class CpuStats:
         out[_F["active"]] = self._active.values
         inputs = []  # (column, gradient as flat memory, mask to apply or None)
         for i, t in enumerate(self._tracked):
-            source = t.mask() if t.mask is not None else None
+            source = self._grads.mask(i)
+            if t.mask is not None and source is None:
+                continue  # a mask that cannot be read: masked statistics would be wrong
             if source is not None:
                 out[_F["active"], i] = self._active.refresh(i, source)
             grad = self._grads.of(i)
@@ -304,10 +319,10 @@ class DeviceStats:
         return torch.stack([l2 * l2, l1, linf, bad])
 
     def _refresh_counts(self) -> None:
-        for i, t in enumerate(self._tracked):
-            if t.mask is None:
+        for i in range(len(self._tracked)):
+            mask = self._grads.mask(i)
+            if mask is None:
                 continue
-            mask = t.mask()
             key = (id(mask), mask._version)
             if self._mask_keys[i] != key:  # device-side write: no host round trip
                 self._mask_keys[i] = key
@@ -322,7 +337,8 @@ class DeviceStats:
         present = [i for i, grad in readable if grad is not None]
         if not present:
             return out
-        inputs = [_device_input(grad) for _, grad in readable if grad is not None]
+        dense = [grad for _, grad in readable if grad is not None]
+        inputs = [_device_input(grad) for grad in dense]
         raw = self._four(inputs)
         index = self._index(present)
         out[0:4].index_copy_(1, index, raw)
@@ -331,9 +347,12 @@ class DeviceStats:
         masked = [j for j, i in enumerate(present)
                   if self._tracked[i].mask is not None and not self._tracked[i].grad_is_masked]
         if masked:
-            masks = [self._tracked[present[j]].mask() for j in masked]  # type: ignore[misc]
+            masks = [self._grads.mask(present[j]) for j in masked]
             # A selection, not a product: NaN * 0 would leak a masked entry's NaN (as on the CPU).
-            effective = [torch.where(m.bool(), inputs[j], 0.0) for j, m in zip(masked, masks, strict=True)]
+            # Element by element against the mask, so a sparse gradient is made dense here.
+            effective = [torch.where(m.bool(), dense[j].to_dense() if dense[j].is_sparse else dense[j], 0.0)
+                         for j, m in zip(masked, masks, strict=True) if m is not None]
+            masked = [j for j, m in zip(masked, masks, strict=True) if m is not None]
             out[4:8].index_copy_(1, self._index([present[j] for j in masked]), self._four(list(effective)))
         return out
 

@@ -61,7 +61,7 @@ class Recorder:
         self._attrs = dict(attrs)
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._n_streams = 0
-        self._layout = "rank0"
+        self._layout: str | None = None  # fixed by the first optimizer a distributed rank sees
         self._closed = False
         self.failed: BaseException | None = None
         self.pid = os.getpid()
@@ -82,9 +82,10 @@ class Recorder:
     def use_layout(self, rank: int, world: int, layout: str) -> bool:
         """Say how ranks share the run before the first stream: ``rank0`` (rank 0 writes the file),
         ``replica`` (every rank writes a whole run) or ``sharded`` (every rank writes its shard's
-        statistics, to be merged). The last two write ``<stem>.rank<r><suffix>``. False when a
-        later stream asks for another layout than the first: a file holds one kind of rows."""
-        if self._n_streams:
+        statistics, to be merged). The last two write ``<stem>.rank<r><suffix>``. The first call
+        decides, on every rank, even one that writes nothing; False when a later optimizer asks for
+        another layout: a file holds one kind of rows, and every rank must agree."""
+        if self._layout is not None:
             return layout == self._layout
         self._layout = layout
         if layout != "rank0":

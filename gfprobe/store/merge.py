@@ -11,6 +11,8 @@ left out and counted, because a partial sum would look like a real, smaller grad
 
 from __future__ import annotations
 
+import contextlib
+import glob
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -44,7 +46,7 @@ def merged_name(rank_file: Path) -> Path:
 
 def shard_files(out: Path) -> list[Path]:
     """The rank files a sharded recording to ``out`` writes, in rank order."""
-    found = [p for p in out.parent.glob(f"{out.stem}.rank*{out.suffix}")
+    found = [p for p in out.parent.glob(f"{glob.escape(out.stem)}.rank*{glob.escape(out.suffix)}")
              if _RANK_SUFFIX.search(p.stem) and merged_name(p) == out]
     return sorted(found, key=lambda p: int(_RANK_SUFFIX.search(p.stem).group(1)))  # type: ignore[union-attr]
 
@@ -68,9 +70,13 @@ def merge(paths: Sequence[Path], out: Path) -> MergeResult:
             result.steps.append(len(block.steps))
             result.dropped.append(dropped)
         writer.append_metrics(first["metrics"])
-    finally:
         status = _merged_status([r["metadata"].get("status") for r in runs])
         writer.close(status, {"end_time": first["metadata"].get("end_time", "")})
+    except BaseException:
+        with contextlib.suppress(Exception):  # never leave a half-merged file that looks whole
+            writer.close("failed", {})
+        out.unlink(missing_ok=True)
+        raise
     return result
 
 
@@ -93,9 +99,11 @@ def _read_ranks(paths: Sequence[Path]) -> list[dict[str, Any]]:
     if any(not r["metadata"].get("sharded") for r in runs):
         plain = next(p for p, r in zip(paths, runs, strict=True) if not r["metadata"].get("sharded"))
         raise RunFileError(f"{plain}: not a rank file of a sharded run; only those are merged")
-    if len(world) != 1 or ranks != list(range(int(world.pop() or 0))):
+    size = int(world.pop() or 0) if len(world) == 1 else None
+    if size is None or ranks != list(range(size)):
+        expected = f"0..{size - 1}" if size else "0..N-1 of one world size"
         raise RunFileError(f"the rank files are ranks {ranks}; merging needs exactly one file of each rank "
-                           f"0..{len(ranks) - 1} of one run")
+                           f"{expected} of one run")
     shapes = {tuple(len(s.params) for s in r["streams"]) for r in runs}
     names = {tuple(tuple(s.params.names) for s in r["streams"]) for r in runs}
     if len(shapes) != 1 or len(names) != 1:
