@@ -29,6 +29,7 @@ except ImportError:  # torch built without distributed support
     DTensor = None  # type: ignore[assignment,misc]
 
 _PLAIN_TYPES = (torch.Tensor, torch.nn.Parameter)
+_REAL_FLOATS = frozenset({torch.float32, torch.float64, torch.float16, torch.bfloat16})
 _DENSE_ABLE_LAYOUTS = (torch.sparse_csr, torch.sparse_csc, torch.sparse_bsr, torch.sparse_bsc)
 
 
@@ -142,6 +143,9 @@ def _slice_like(full: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
 def readable(grad: torch.Tensor, device: torch.device) -> torch.Tensor:
     """``grad`` (its local part under sharding) as a plain strided tensor on ``device``, or
     :class:`Unreadable`. Never copies an ordinary dense gradient."""
+    if (type(grad) is torch.Tensor and grad.layout == torch.strided and grad.dtype in _REAL_FLOATS
+            and grad.device.type == device.type and not grad.is_nested):
+        return grad  # the hot path: every check below would pass
     grad = local_tensor(grad)
     if type(grad) not in _PLAIN_TYPES:
         if _dispatches_itself(grad):  # a wrapper: its data_ptr() is not its data
