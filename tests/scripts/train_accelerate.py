@@ -12,7 +12,6 @@ stdout line is a checksum of the final weights.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import math
 import os
 from collections.abc import Callable, Iterable
@@ -20,6 +19,7 @@ from collections.abc import Callable, Iterable
 import accelerate
 import torch
 import transformers
+from fingerprint import weights_digest
 
 VOCAB, SEQ, CLASSES = 64, 12, 3
 
@@ -60,15 +60,6 @@ class SpyOptimizer(torch.optim.Optimizer):
         return loss
 
 
-def weights_checksum(model: torch.nn.Module) -> str:
-    """An exact fingerprint of the final weights: the bytes of every parameter, in order."""
-    digest = hashlib.sha256()
-    for name, p in model.named_parameters():
-        digest.update(name.encode())
-        digest.update(p.detach().cpu().contiguous().numpy().tobytes())
-    total = sum(float(p.detach().double().sum()) for p in model.parameters())
-    return f"{digest.hexdigest()} sum={total!r}"
-
 
 def main() -> None:
     p = argparse.ArgumentParser()
@@ -104,7 +95,7 @@ def main() -> None:
         torch.save({"names": spy.names, "sumsq": torch.tensor(spy.snapshots, dtype=torch.float64),
                     "grad_norms": grad_norms, "max_grad_norm": args.max_grad_norm, "pid": os.getpid()}, args.save)
     print(f"optimizer steps={len(spy.snapshots)} clips={len(grad_norms)}", flush=True)
-    print(f"weights-checksum {weights_checksum(accelerator.unwrap_model(model))}", flush=True)
+    print(f"weights-checksum {weights_digest(accelerator.unwrap_model(model))}", flush=True)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,6 @@ is a checksum of the final weights.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import math
 import os
 import tempfile
@@ -20,6 +19,7 @@ from collections.abc import Callable, Iterable
 
 import torch
 import transformers
+from fingerprint import weights_digest
 from torch.utils.data import Dataset
 
 VOCAB, SEQ = 64, 16
@@ -69,15 +69,6 @@ class Tokens(Dataset[dict[str, torch.Tensor]]):
         return {"input_ids": self.ids[i], "labels": self.ids[i]}
 
 
-def weights_checksum(model: torch.nn.Module) -> str:
-    """An exact fingerprint of the final weights: the bytes of every parameter, in order."""
-    digest = hashlib.sha256()
-    for name, p in model.named_parameters():
-        digest.update(name.encode())
-        digest.update(p.detach().cpu().contiguous().numpy().tobytes())
-    total = sum(float(p.detach().double().sum()) for p in model.parameters())
-    return f"{digest.hexdigest()} sum={total!r}"
-
 
 def main() -> None:
     p = argparse.ArgumentParser()
@@ -107,7 +98,7 @@ def main() -> None:
                     "grad_norms": grad_norms, "max_grad_norm": training.max_grad_norm,
                     "global_step": trainer.state.global_step, "pid": os.getpid()}, args.save)
     print(f"optimizer steps={len(spy.snapshots)} global_step={trainer.state.global_step}", flush=True)
-    print(f"weights-checksum {weights_checksum(model)}", flush=True)
+    print(f"weights-checksum {weights_digest(model)}", flush=True)
 
 
 if __name__ == "__main__":

@@ -13,18 +13,10 @@ recorder compares the trained weights bit for bit.
 from __future__ import annotations
 
 import argparse
-import hashlib
 
 import torch
+from fingerprint import weights_digest
 from torch import nn
-
-
-def weights_digest(model: nn.Module) -> str:
-    digest = hashlib.sha256()
-    for name, p in model.named_parameters():
-        digest.update(name.encode())
-        digest.update(p.detach().contiguous().numpy().tobytes())
-    return digest.hexdigest()
 
 
 def main() -> None:

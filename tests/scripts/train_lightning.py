@@ -18,12 +18,12 @@ that comparing stdout with and without a recorder compares the trained weights b
 from __future__ import annotations
 
 import argparse
-import hashlib
 import sys
 from collections.abc import Callable, Iterable
 
 import lightning.pytorch as pl
 import torch
+from fingerprint import weights_digest
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -98,13 +98,6 @@ def data(steps: int, accumulate: int) -> DataLoader[tuple[torch.Tensor, ...]]:
     y = 3 * torch.randn(n, 4, generator=gen)
     return DataLoader(TensorDataset(x, y), batch_size=BATCH, shuffle=False, num_workers=0)
 
-
-def weights_digest(model: nn.Module) -> str:
-    digest = hashlib.sha256()
-    for name, p in model.named_parameters():
-        digest.update(name.encode())
-        digest.update(p.detach().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()
 
 
 def parser() -> argparse.ArgumentParser:
