@@ -12,37 +12,25 @@ stdout line is a checksum of the final weights.
 from __future__ import annotations
 
 import argparse
-import math
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 
 import accelerate
 import torch
 import transformers
-from fingerprint import weights_digest
+from witness import SnapshotOptimizer, weights_digest
 
 VOCAB, SEQ, CLASSES = 64, 12, 3
 
 
-class SpyOptimizer(torch.optim.Optimizer):
+class SpyOptimizer(SnapshotOptimizer):
     """Adam, written out, that records what each step consumes before updating."""
 
     def __init__(self, named: Iterable[tuple[str, torch.nn.Parameter]], lr: float,
                  betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8) -> None:
-        named = list(named)
-        self.names = [n for n, _ in named]
-        self.snapshots: list[list[float]] = []  # [step][param] Σg² in float64; NaN where no grad
-        super().__init__([p for _, p in named], {"lr": lr, "betas": betas, "eps": eps})
+        super().__init__(named, {"lr": lr, "betas": betas, "eps": eps})
 
-    @torch.no_grad()
-    def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        params = [p for group in self.param_groups for p in group["params"]]
-        self.snapshots.append([math.nan if p.grad is None else float(p.grad.double().square().sum())
-                               for p in params])
+    def update(self) -> None:
         for group in self.param_groups:
             beta1, beta2 = group["betas"]
             for p in group["params"]:
@@ -57,8 +45,6 @@ class SpyOptimizer(torch.optim.Optimizer):
                 m_hat = state["m"] / (1 - beta1 ** state["t"])
                 v_hat = state["v"] / (1 - beta2 ** state["t"])
                 p.addcdiv_(m_hat, v_hat.sqrt().add_(group["eps"]), value=-group["lr"])
-        return loss
-
 
 
 def main() -> None:

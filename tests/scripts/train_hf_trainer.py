@@ -12,37 +12,25 @@ is a checksum of the final weights.
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import tempfile
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 
 import torch
 import transformers
-from fingerprint import weights_digest
 from torch.utils.data import Dataset
+from witness import SnapshotOptimizer, weights_digest
 
 VOCAB, SEQ = 64, 16
 
 
-class SpyOptimizer(torch.optim.Optimizer):
+class SpyOptimizer(SnapshotOptimizer):
     """SGD with momentum, written out, that records what each step consumes before updating."""
 
     def __init__(self, named: Iterable[tuple[str, torch.nn.Parameter]], lr: float, momentum: float) -> None:
-        named = list(named)
-        self.names = [n for n, _ in named]
-        self.snapshots: list[list[float]] = []  # [step][param] Σg² in float64; NaN where no grad
-        super().__init__([p for _, p in named], {"lr": lr, "momentum": momentum})
+        super().__init__(named, {"lr": lr, "momentum": momentum})
 
-    @torch.no_grad()
-    def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        params = [p for group in self.param_groups for p in group["params"]]
-        self.snapshots.append([math.nan if p.grad is None else float(p.grad.double().square().sum())
-                               for p in params])
+    def update(self) -> None:
         for group in self.param_groups:
             for p in group["params"]:
                 if p.grad is None:
@@ -51,7 +39,6 @@ class SpyOptimizer(torch.optim.Optimizer):
                 buf = p.grad.clone() if buf is None else buf.mul_(group["momentum"]).add_(p.grad)
                 self.state[p]["momentum"] = buf
                 p.add_(buf, alpha=-group["lr"])
-        return loss
 
 
 class Tokens(Dataset[dict[str, torch.Tensor]]):
@@ -67,7 +54,6 @@ class Tokens(Dataset[dict[str, torch.Tensor]]):
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         return {"input_ids": self.ids[i], "labels": self.ids[i]}
-
 
 
 def main() -> None:

@@ -15,8 +15,8 @@ from __future__ import annotations
 import argparse
 
 import torch
-from fingerprint import weights_digest
 from torch import nn
+from witness import weights_digest
 
 
 def main() -> None:

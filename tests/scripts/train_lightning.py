@@ -23,9 +23,9 @@ from collections.abc import Callable, Iterable
 
 import lightning.pytorch as pl
 import torch
-from fingerprint import weights_digest
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
+from witness import weights_digest
 
 BATCH = 8
 
