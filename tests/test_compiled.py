@@ -80,12 +80,12 @@ def dynamo_watch() -> Iterator[Compiled]:
     result.stderr = stderr.getvalue()
 
 
-def compiled_optimizer_step(optimizer: str, out: Path | None) -> Compiled:
+def compiled_optimizer_step(optimizer: str, out: Path | None, backend: str = "aot_eager") -> Compiled:
     """PyTorch's "compiling the optimizer" recipe: backward eagerly, ``opt.step()`` compiled."""
     model, opt = make(optimizer)
     x, y = torch.randn(32, 8), torch.randn(32, 4)
 
-    @torch.compile(backend="aot_eager")
+    @torch.compile(backend=backend)
     def step() -> None:
         opt.step()
 
@@ -151,6 +151,19 @@ def test_compiled_code_is_unchanged_and_every_step_is_recorded(
     assert stream.steps.tolist() == list(range(STEPS))
     unused = stream.params.names.index("unused")
     assert stream.stats["has_grad"][:, unused].tolist() == [0] * STEPS  # a None gradient inside compiled code
+    np.testing.assert_allclose(stream.stats["sumsq"], np.array(watched.expected), rtol=1e-5, atol=1e-12)
+
+
+@pytest.mark.slow
+def test_inductor_compiled_optimizer_step_is_unchanged_and_recorded(tmp_path: Path) -> None:
+    """The default backend generates and compiles C++ for the step; the op stays an extern call."""
+    plain = compiled_optimizer_step("adam", None, backend="inductor")
+    watched = compiled_optimizer_step("adam", tmp_path / "run.h5", backend="inductor")
+    assert (watched.graph_breaks, watched.frames) == (plain.graph_breaks, plain.frames)
+    assert all(torch.equal(a, b) for a, b in zip(watched.weights, plain.weights, strict=True))
+    with open_run(tmp_path / "run.h5") as run_file:
+        stream = run_file.stream(0)
+    assert stream.steps.tolist() == list(range(STEPS))
     np.testing.assert_allclose(stream.stats["sumsq"], np.array(watched.expected), rtol=1e-5, atol=1e-12)
 
 
