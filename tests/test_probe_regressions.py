@@ -102,3 +102,24 @@ def test_compiled_step_with_dtensor_gradients_trains_and_records(tmp_path: Path,
         stream = run.stream(0)
     assert stream.steps.tolist() == [0, 1, 2]
     np.testing.assert_allclose(stream.stats["sumsq"], np.array(expected), rtol=1e-6)
+
+
+def test_a_failure_in_the_step_hook_stops_recording_not_training(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """Injected fault: whatever goes wrong in gfprobe's hook never reaches the user's step()."""
+    from gfprobe.adapters.torch_probe import Probe
+
+    def broken(*_: object) -> None:
+        raise RuntimeError("injected")
+
+    monkeypatch.setattr(Probe, "before_step", broken)
+    torch.manual_seed(0)
+    model = nn.Linear(4, 3)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with caplog.at_level("WARNING", logger="gfprobe"), gfprobe.watch(model, opt, out=tmp_path / "run.h5"):
+        for _ in range(3):
+            opt.zero_grad()
+            model(torch.randn(2, 4)).sum().backward()
+            opt.step(lambda: None)
+    assert [r.getMessage() for r in caplog.records if "injected" in r.getMessage()] != []
+    assert len([r for r in caplog.records if "recording stopped" in r.getMessage()]) == 1

@@ -70,7 +70,10 @@ def _pre_hook(optimizer: torch.optim.Optimizer, args: tuple[Any, ...], kwargs: d
     changed: StepArgs | None = None
     for probe in tuple(_probes):
         current = changed or (args, kwargs)
-        changed = probe.before_step(optimizer, *current) or changed
+        try:
+            changed = probe.before_step(optimizer, *current) or changed
+        except Exception as exc:  # never into the user's step: that probe stops, training goes on
+            probe.fail(exc)
     if changed is not None:
         _ensure_post_hook()
     return changed
@@ -80,7 +83,10 @@ def _post_hook(optimizer: torch.optim.Optimizer, _args: Any, _kwargs: Any) -> No
     if torch.compiler.is_compiling():
         return
     for probe in tuple(_probes):
-        probe.after_step(optimizer)
+        try:
+            probe.after_step(optimizer)
+        except Exception as exc:
+            probe.fail(exc)
 
 
 # -- under torch.compile ------------------------------------------------------------------------
@@ -96,7 +102,10 @@ def _observe(key: int, grads: list[torch.Tensor | None]) -> None:
     if optimizer is None:
         return
     for probe in tuple(_probes):
-        probe.record_compiled(optimizer, grads)
+        try:
+            probe.record_compiled(optimizer, grads)
+        except Exception as exc:  # never into the user's compiled step
+            probe.fail(exc)
 
 
 @_observe.register_fake

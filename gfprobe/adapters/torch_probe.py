@@ -144,13 +144,9 @@ class Probe:
         # step(closure): the gradient step() consumes does not exist yet. The closure computes it
         # (forward, backward, and in Lightning accumulation's last micro-batch and clipping), so
         # it is wrapped and the statistics are read when it returns.
-        try:
-            step = _ClosureStep(self, optimizer, closure)
-            self._closure_steps[optimizer] = step
-            return torch_hooks.with_closure(args, kwargs, step)
-        except Exception as exc:
-            self._fail(exc)
-            return None
+        step = _ClosureStep(self, optimizer, closure)
+        self._closure_steps[optimizer] = step
+        return torch_hooks.with_closure(args, kwargs, step)
 
     def after_step(self, optimizer: torch.optim.Optimizer) -> None:
         step = self._closure_steps.pop(optimizer, None)
@@ -193,7 +189,7 @@ class Probe:
                                 or time.monotonic() - stream.last_flush >= FLUSH_SECONDS):
                 self._flush(stream)
         except Exception as exc:
-            self._fail(exc)
+            self.fail(exc)
 
     def _wants(self, optimizer: torch.optim.Optimizer) -> bool:
         if not self._model_params:
@@ -258,7 +254,7 @@ class Probe:
         if self._recorder.failed is not None:
             self._detach()
 
-    def _fail(self, exc: BaseException) -> None:
+    def fail(self, exc: BaseException) -> None:
         """Stop recording for good, keep what was recorded, and let training go on."""
         log.warning("gfprobe: recording stopped after an internal error (%s: %s); training goes on",
                     type(exc).__name__, exc)
