@@ -39,7 +39,7 @@ class Unreadable(Exception):
 
 @dataclass(frozen=True)
 class Sharding:
-    """How this rank holds a sharded (DTensor) parameter."""
+    """How this rank holds a sharded parameter (a DTensor, or one FSDP1 shards in place)."""
 
     owner: bool  # this rank's local elements count (False for a replica other than coordinate 0)
     local_numel: int

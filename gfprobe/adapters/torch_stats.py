@@ -333,11 +333,11 @@ class DeviceStats:
         self._refresh_counts()
         out = torch.zeros((N_FIELDS, len(self._tracked)), dtype=torch.float32, device=self._device)
         out[_F["active"]] = self._counts
-        readable = [(i, self._grads.of(i)) for i in range(len(self._tracked))]
-        present = [i for i, grad in readable if grad is not None]
+        found = [(i, self._grads.of(i)) for i in range(len(self._tracked))]
+        present = [i for i, grad in found if grad is not None]
         if not present:
             return out
-        dense = [grad for _, grad in readable if grad is not None]
+        dense = [grad for _, grad in found if grad is not None]
         inputs = [_device_input(grad) for grad in dense]
         raw = self._four(inputs)
         index = self._index(present)
