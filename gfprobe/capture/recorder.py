@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from gfprobe.store.writer import ParamInfo, RunWriter, StepBlock, claim_path
+from gfprobe.store.writer import ParamInfo, RunWriter, StepBlock
 
 log = logging.getLogger("gfprobe")
 
@@ -163,15 +163,9 @@ class Recorder:
         return writer
 
     def _open(self) -> RunWriter:
-        path = self.requested_path
-        for _attempt in range(2):
-            try:
-                writer = RunWriter(path, self._metadata, self._attrs)
-                self.path = path
-                return writer
-            except FileExistsError:
-                path = claim_path(path)
-        raise FileExistsError(f"run file {path} exists")
+        writer = RunWriter(self.requested_path, self._metadata, self._attrs)
+        self.path = writer.path
+        return writer
 
     def _fail(self, exc: BaseException, writer: RunWriter | None) -> None:
         self.failed = exc

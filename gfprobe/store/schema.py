@@ -57,7 +57,8 @@ MASK_SOURCES = ("none", "prune", "parametrize", "explicit", "zeros")
 # step) and "metrics". While a run goes on, their compressed datasets only receive whole chunks
 # of ROW_CHUNK rows; the rows after the last whole chunk sit in the same paths under the
 # uncompressed /tail group (see table.py for why), whose row-index columns RECORDS_TAIL_ROW and
-# METRICS_TAIL_ROW give each slot's absolute row (-1: unused). A cleanly closed file has no /tail.
+# METRICS_TAIL_ROW give each slot's absolute row (-1: unused). A cleanly closed file's tail slots
+# are all unused.
 ROW_CHUNK = 256
 COL_CHUNK = 32
 TAIL_ROW_CHUNK = 16  # tail chunks are allocated only as far as rows reach

@@ -10,7 +10,9 @@ each chunk once. The rows after the last whole chunk go to the same columns unde
 uncompressed, in a fixed number of row slots that are overwritten in place. The tail's ``row``
 column holds each slot's absolute row index (-1 when unused): a reader takes tail slots only
 where they continue the compressed rows, so a reader that catches the writer between the two
-steps of a flush sees fewer rows, never wrong ones. Closing writes the last partial chunk once.
+steps of a flush sees fewer rows, never wrong ones. Closing writes the last partial chunk once
+and marks every tail slot unused; the tail stays in the file (deleting it would need a plain
+read-write open, which a kill can leave unreadable: see writer.py).
 """
 
 from __future__ import annotations
@@ -103,6 +105,8 @@ class GrowingTable:
         """Write whole chunks to the compressed datasets and the rest to the tail; ``final``:
         write everything to the compressed datasets (the last chunk may be partial)."""
         if not self._n_pending:
+            if final:
+                self._clear_tail()
             return
         pending = {path: np.concatenate(blocks) for path, blocks in self._pending.items()}
         whole = self._n_pending if final else self._n_pending // schema.ROW_CHUNK * schema.ROW_CHUNK
@@ -112,8 +116,16 @@ class GrowingTable:
             self._n_pending -= whole
             self._tail_written = 0
         self._pending = {path: [data] if len(data) else [] for path, data in pending.items()}
-        if not final:
+        if final:
+            self._clear_tail()
+        else:
             self._write_tail(pending)
+
+    def _clear_tail(self) -> None:
+        """Mark every tail slot unused: a closed file keeps all its rows in the compressed datasets."""
+        if self._tail_used:
+            self._tail_row[: self._tail_used] = -1
+        self._tail_written = self._tail_used = 0
 
     def _write_main(self, rows: Mapping[str, np.ndarray]) -> None:
         start = self._n_main

@@ -3,8 +3,12 @@
 The file is opened in HDF5 single-writer/multiple-reader (SWMR) mode once the first parameter
 table is known. From then on every flush leaves a file that readers can open while the run goes
 on, and that still reads back after the writing process is killed. SWMR forbids creating
-objects or attributes after it starts, so the layout is fixed up front and grows only by
-appending rows (steps, metrics, parameters) and columns (parameters of a later optimizer).
+objects after it starts, so the layout is fixed up front and grows only by appending rows
+(steps, metrics, parameters) and columns (parameters of a later optimizer).
+
+The file stays in SWMR mode until it is closed, its final status included: a plain read-write
+open marks the file "open for write" on disk, and a process killed while holding it would leave
+a file no reader can open (see publish.py for how creation avoids the same window).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import h5py
 import numpy as np
 
 from gfprobe.store import schema
+from gfprobe.store.publish import WriteLock, publish, temp_path
 from gfprobe.store.table import Column, GrowingTable, create_table
 
 
@@ -82,10 +87,28 @@ class RunWriter:
     """
 
     def __init__(self, path: Path, metadata: Mapping[str, Any], attrs: Mapping[str, Any]) -> None:
-        self.path = path
+        """Create the run file at ``path``, or at ``<stem>.<pid><suffix>`` when ``path`` exists."""
         path.parent.mkdir(parents=True, exist_ok=True)
-        # "x": never overwrite; the caller decides what to do with an existing file.
-        self._file = h5py.File(path, "x", libver="latest")
+        temp = temp_path(path)
+        temp.unlink(missing_ok=True)  # left by an earlier process with this pid
+        self._file = h5py.File(temp, "x", libver="latest")
+        try:
+            self._write_header(metadata, attrs)
+            self._create_layout()
+            self._file.swmr_mode = True  # writes the header and layout to disk
+            self.path = _publish_free(temp, path)
+            self._lock = WriteLock(self.path)
+        except BaseException:
+            self._file.close()
+            temp.unlink(missing_ok=True)
+            raise
+        self._records = GrowingTable(self._file, _record_columns(), schema.RECORDS_TAIL_ROW)
+        self._metrics = GrowingTable(self._file, _metric_columns(), schema.METRICS_TAIL_ROW)
+        self._n_params = 0
+        self._metric_ids: dict[str, int] = {}
+        self._stream_cols: list[tuple[int, int]] = []
+
+    def _write_header(self, metadata: Mapping[str, Any], attrs: Mapping[str, Any]) -> None:
         self._file.attrs["format"] = schema.FORMAT_NAME
         self._file.attrs["schema_version"] = schema.SCHEMA_VERSION
         self._file.attrs["status"] = "running"
@@ -94,13 +117,6 @@ class RunWriter:
         user = self._file.create_group("attrs")
         for key, value in attrs.items():
             user.attrs[key] = _attr_value(value)
-        self._create_layout()
-        self._file.swmr_mode = True
-        self._records = GrowingTable(self._file, _record_columns(), schema.RECORDS_TAIL_ROW)
-        self._metrics = GrowingTable(self._file, _metric_columns(), schema.METRICS_TAIL_ROW)
-        self._n_params = 0
-        self._metric_ids: dict[str, int] = {}
-        self._stream_cols: list[tuple[int, int]] = []
 
     def _create_layout(self) -> None:
         f = self._file
@@ -172,16 +188,32 @@ class RunWriter:
         self._file.flush()
 
     def close(self, status: str, end_metadata: Mapping[str, Any]) -> None:
-        """Write the last rows, then reopen outside SWMR (which forbids attributes and deletions)
-        to stamp the final status and drop the tail, which no longer holds any row."""
+        """Write the last rows, stamp the final status, and close. The tail keeps no row."""
         self._records.flush(final=True)
         self._metrics.flush(final=True)
+        _stamp(self._file, status, end_metadata)
         self._file.close()
-        with h5py.File(self.path, "r+") as f:
-            f.attrs["status"] = status
-            for key, value in end_metadata.items():
-                f.attrs[key] = _attr_value(value)
-            del f[schema.TAIL_GROUP]
+        self._lock.release()
+
+
+def _stamp(f: h5py.File, status: str, end_metadata: Mapping[str, Any]) -> None:
+    f.attrs["status"] = status
+    for key, value in end_metadata.items():
+        f.attrs[key] = _attr_value(value)
+    f.flush()
+
+
+def stamp_outcome(path: Path, status: str | None, end_metadata: Mapping[str, Any]) -> None:
+    """Stamp a closed run file afterwards (``gfprobe record`` adds the command's exit code).
+
+    Opened straight into SWMR-write mode, never plain read-write: killed halfway, the file
+    still opens for readers. ``status`` None keeps the file's own.
+    """
+    fapl = h5py.h5p.create(h5py.h5p.FILE_ACCESS)
+    fapl.set_libver_bounds(h5py.h5f.LIBVER_LATEST, h5py.h5f.LIBVER_LATEST)
+    fid = h5py.h5f.open(os.fsencode(path), h5py.h5f.ACC_RDWR | h5py.h5f.ACC_SWMR_WRITE, fapl)
+    with h5py.File(fid) as f:
+        _stamp(f, status if status is not None else str(f.attrs.get("status", "unknown")), end_metadata)
 
 
 def _append(ds: h5py.Dataset, values: Any) -> None:
@@ -191,8 +223,13 @@ def _append(ds: h5py.Dataset, values: Any) -> None:
     ds[start:] = data
 
 
-def claim_path(path: Path) -> Path:
-    """The path itself if free, else ``<stem>.<pid><suffix>``: two recording processes never share a file."""
-    if not path.exists():
-        return path
-    return path.with_name(f"{path.stem}.{os.getpid()}{path.suffix}")
+def _publish_free(temp: Path, path: Path) -> Path:
+    """Publish ``temp`` as ``path`` or, when taken, ``<stem>.<pid><suffix>``: two recording
+    processes never share a file, and an existing file is never replaced."""
+    for candidate in (path, path.with_name(f"{path.stem}.{os.getpid()}{path.suffix}")):
+        try:
+            publish(temp, candidate)
+            return candidate
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"run file {path} exists, and so does its per-process name")
