@@ -6,7 +6,6 @@ works from run files alone.
 
 from __future__ import annotations
 
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -22,10 +21,19 @@ if TYPE_CHECKING:
     from gfprobe.adapters.torch_probe import Probe
     from gfprobe.schedule import Schedule
 
-try:
-    __version__ = version("gfprobe")
-except PackageNotFoundError:  # running from a source tree that was never installed
-    __version__ = "0+unknown"
+
+
+def __getattr__(name: str) -> str:
+    """``__version__``, read from the installed metadata on first use: importing gfprobe stays cheap
+    (the CLI sets its Ctrl-C handler only once this package has been imported)."""
+    if name != "__version__":
+        raise AttributeError(f"module 'gfprobe' has no attribute {name!r}")
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("gfprobe")
+    except PackageNotFoundError:  # running from a source tree that was never installed
+        return "0+unknown"
 
 __all__ = ["GfprobeError", "__version__", "every", "log", "watch"]
 

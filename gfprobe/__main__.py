@@ -1,3 +1,3 @@
-from gfprobe.cli import main
+from gfprobe.console import main
 
-main(prog_name="gfprobe")
+main()

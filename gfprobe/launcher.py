@@ -2,7 +2,11 @@
 
 The child gets gfprobe's bootstrap folder first on PYTHONPATH; its ``sitecustomize`` arms
 recording in every Python process of the command (see ``bootstrap/autoattach.py``). This
-parent never touches the run file: it starts the child, relays signals, waits, and reports.
+parent starts the child, relays signals, waits, and reports. It touches run files only after
+the command has ended: to merge the ranks of a sharded run and to stamp the command's exit code.
+
+The command never outlives this process: the child gets SIGTERM from the kernel if we die,
+even by SIGKILL (Linux's parent-death signal; see ``bootstrap/lifeline.py``).
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -21,9 +26,13 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from gfprobe.bootstrap import lifeline
 from gfprobe.errors import ConfigError, GfprobeError
+from gfprobe.outpath import check_writable
 from gfprobe.store.merge import merge, shard_files
+from gfprobe.store.publish import is_being_written, remove_stale_temps
 from gfprobe.store.reader import open_run
+from gfprobe.store.writer import stamp_outcome
 
 BOOTSTRAP_DIR = Path(__file__).resolve().parent / "bootstrap"
 DEFAULT_DIR = Path("gfprobe-runs")
@@ -53,6 +62,7 @@ class RecordResult:
     exit_code: int
     files: list[Path]
     notes: list[str] = field(default_factory=list)  # what became of a sharded run's rank files
+    failures: list[str] = field(default_factory=list)  # why processes that trained recorded nothing
 
 
 def parse_metric(spec: str) -> tuple[str, str]:
@@ -110,18 +120,14 @@ def resolve_command(command: Sequence[str]) -> list[str]:
 
 
 def prepare(command: Sequence[str], options: RecordOptions) -> tuple[list[str], dict[str, str], Path]:
-    """Validate everything and build the child's argv and environment; runs nothing."""
+    """Validate everything and build the child's argv and environment; runs nothing and,
+    apart from replacing a finished file under ``--force``, changes nothing on disk."""
     argv = resolve_command(command)
-    out = options.out or default_out(argv)
-    existing = [p for p in (out, *shard_files(out)) if p.exists()]
-    if existing:
-        if not options.force:
-            raise ConfigError(f"{existing[0]} exists; choose another --out or pass --force to replace it")
-        for path in existing:
-            path.unlink()
     if options.every < 1:
         raise ConfigError(f"--every must be at least 1, got {options.every}")
-    config = {"out": str(out.resolve()), "every": options.every, "masks": options.masks,
+    out = check_writable(options.out or default_out(argv), "--out")
+    _make_room(out, options.force)
+    config = {"out": str(out), "every": options.every, "masks": options.masks,
               "metrics": dict(options.metrics), "attrs": dict(options.attrs), "command": argv,
               "all_ranks": options.all_ranks}
     env = dict(os.environ)
@@ -132,17 +138,78 @@ def prepare(command: Sequence[str], options: RecordOptions) -> tuple[list[str], 
     return argv, env, out
 
 
+def _make_room(out: Path, force: bool) -> None:
+    """Refuse to replace an existing run (unless ``force``), and never one being written."""
+    existing = [p for p in (out, *shard_files(out)) if p.exists()]
+    if not existing:
+        return
+    busy = [p for p in existing if is_being_written(p)]
+    if busy:
+        raise ConfigError(f"{busy[0]} is being written by a running recording; choose another --out "
+                          "(--force never replaces a file being written)")
+    if not force:
+        raise ConfigError(f"{existing[0]} exists; choose another --out or pass --force to replace it")
+    for path in existing:
+        path.unlink()
+
+
 def run(command: Sequence[str], options: RecordOptions) -> RecordResult:
     """Run ``command`` under recording and return its exit code and the run files it wrote."""
     argv, env, out = prepare(command, options)
     out.parent.mkdir(parents=True, exist_ok=True)
     started = time.time()
-    child = subprocess.Popen(argv, env=env)
-    with _relay_signals(child):
-        code = child.wait()
+    with tempfile.TemporaryDirectory(prefix="gfprobe-") as private:
+        ledger = Path(private) / "ledger.jsonl"
+        env["GFPROBE_RECORD"] = json.dumps(dict(json.loads(env["GFPROBE_RECORD"]), ledger=str(ledger)))
+        with _relay_signals() as relay:
+            child = subprocess.Popen(argv, env=env, preexec_fn=lifeline.bind_to_parent(os.getpid()))
+            relay.child = child
+            code = child.wait()
+        failures = _read_ledger(ledger)
     exit_code = 128 - code if code < 0 else code  # killed by signal N: 128+N, like a shell
+    remove_stale_temps(out)
     files, notes = _consolidate_shards(out, started)
-    return RecordResult(exit_code, files + _written_files(out, started), notes)
+    written = files + _written_files(out, started)
+    notes += _stamp_exit_code(written, exit_code)
+    return RecordResult(exit_code, written, notes, failures)
+
+
+def _read_ledger(ledger: Path) -> list[str]:
+    """The failures the command's processes reported (see ``autoattach._tell_launcher``)."""
+    try:
+        lines = ledger.read_text(encoding="utf-8", errors="replace").splitlines()
+    except FileNotFoundError:
+        return []
+    failures = []
+    for line in lines:
+        try:
+            entry = json.loads(line)
+            failures.append(f"process {entry['pid']}: {entry['failure']}")
+        except (ValueError, KeyError, TypeError):
+            continue  # a line cut short by a process killed while writing it
+    return failures
+
+
+def _stamp_exit_code(paths: list[Path], exit_code: int) -> list[str]:
+    """Write the command's exit code into its run files; a non-zero one makes 'complete' 'failed'.
+
+    Only the launcher knows it: a process cannot see its own exit code from ``atexit``.
+    """
+    notes = []
+    for path in paths:
+        try:
+            status = _status(path)
+            if status == "running":
+                continue  # its writer was killed: the file stays as it was left (readable to its last flush)
+            stamp_outcome(path, "failed" if exit_code and status == "complete" else None, {"exit_code": exit_code})
+        except Exception as exc:  # the command's result matters more than this attribute
+            notes.append(f"could not stamp the exit code into {path}: {exc}")
+    return notes
+
+
+def _status(path: Path) -> str:
+    with open_run(path, shards_ok=True) as run:
+        return str(run.metadata.get("status", "unknown"))
 
 
 def _consolidate_shards(out: Path, since: float) -> tuple[list[Path], list[str]]:
@@ -184,27 +251,38 @@ def _written_files(out: Path, since: float) -> list[Path]:
 
 
 class _relay_signals:
-    """Pass SIGTERM (and SIGINT, unless it came from the terminal) on to the child.
+    """Pass SIGTERM and SIGHUP (and SIGINT, unless it came from the terminal) on to the child.
+
+    A signal this process was started ignoring stays ignored, and the child inherits that, as it
+    would without gfprobe (``nohup gfprobe record ...`` survives a hang-up).
 
     At an interactive terminal, Ctrl-C already reaches the child, which shares our process
-    group; relaying it too would interrupt the child's own clean-up a second time.
+    group; relaying it too would interrupt the child's own clean-up a second time. A signal that
+    arrives before the child exists ends this process quietly, with the shell's 128+N.
     """
 
-    def __init__(self, child: subprocess.Popen[bytes]) -> None:
-        self._child = child
+    def __init__(self) -> None:
+        self.child: subprocess.Popen[bytes] | None = None
         self._saved: dict[int, Any] = {}
 
     def _relay(self, signum: int, _frame: FrameType | None) -> None:
-        if self._child.poll() is None:
-            self._child.send_signal(signum)
+        if self.child is None:
+            raise SystemExit(128 + signum)
+        if self.child.poll() is None:
+            self.child.send_signal(signum)
 
     def __enter__(self) -> _relay_signals:
         interactive = sys.stdin is not None and sys.stdin.isatty()
         handlers = {signal.SIGTERM: self._relay, signal.SIGHUP: self._relay,
-                    signal.SIGINT: signal.SIG_IGN if interactive else self._relay}
+                    signal.SIGINT: self._ignore_after_start if interactive else self._relay}
         for signum, handler in handlers.items():
-            self._saved[signum] = signal.signal(signum, handler)
+            if signal.getsignal(signum) is not signal.SIG_IGN:  # nohup, a background job: the child ignores it too
+                self._saved[signum] = signal.signal(signum, handler)
         return self
+
+    def _ignore_after_start(self, signum: int, _frame: FrameType | None) -> None:
+        if self.child is None:
+            raise SystemExit(128 + signum)
 
     def __exit__(self, *_: object) -> None:
         for signum, handler in self._saved.items():

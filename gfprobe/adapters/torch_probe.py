@@ -31,6 +31,8 @@ from gfprobe.adapters.torch_params import TrackedParam, discover_roots, track
 from gfprobe.adapters.torch_stats import DEFAULT_KERNEL, CpuStats, DeviceStats, make_stats
 from gfprobe.capture import session
 from gfprobe.capture.recorder import PendingBlock, Recorder
+from gfprobe.errors import ConfigError
+from gfprobe.outpath import check_writable
 from gfprobe.schedule import Schedule, as_schedule
 
 log = logging.getLogger("gfprobe")
@@ -99,6 +101,12 @@ class Probe:
     def path(self) -> Path | None:
         """Where the run is written (None until the first optimizer step)."""
         return self._recorder.path or (self._recorder.requested_path if self._streams else None)
+
+    @property
+    def failure(self) -> str | None:
+        """Why recording stopped early (``None`` while it works): the run file, if any, says ``failed``."""
+        error = self._recorder.failed
+        return None if error is None else f"{type(error).__name__}: {error}"
 
     def close(self, status: str = "complete") -> Path | None:
         """Flush every recorded step, finalise the file and remove all hooks. Idempotent."""
@@ -379,10 +387,17 @@ def watch(
     """See :func:`gfprobe.watch`."""
     import sys
 
+    path: Path | None = Path(out)
+    try:
+        check_writable(out, "gfprobe.watch(out=...)")
+    except ConfigError as exc:  # training matters more than its recording: warn and train on
+        log.warning("gfprobe: not recording: %s", exc)
+        path = None
     recorder = Recorder(
         Path(out),
         dict(run_metadata(list(sys.argv)), every=every if isinstance(every, int) else "custom",
              masks=masks if isinstance(masks, str) else "explicit"),
         attrs or {},
     )
-    return Probe(recorder, every=every, masks=masks, model=model, optimizer=optimizer, all_ranks=all_ranks).start()
+    probe = Probe(recorder, every=every, masks=masks, model=model, optimizer=optimizer, all_ranks=all_ranks)
+    return probe.start() if path is not None else probe  # never started: no hook, no file

@@ -21,10 +21,16 @@ from pathlib import Path
 from types import FrameType, ModuleType
 from typing import Any
 
+from gfprobe.bootstrap import lifeline
 from gfprobe.capture import session
+
+# Signals that end a process by default and that a scheduler or a closed terminal sends: the run
+# is stamped 'interrupted' before the process dies of the signal, as it would have.
+_ENDING_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
 
 
 def install(config_json: str) -> None:
+    lifeline.arm()
     config = json.loads(config_json)
     tees: list[MetricTee] = []
     if config.get("metrics"):
@@ -49,10 +55,10 @@ def _attach(config: dict[str, Any], tees: list[MetricTee]) -> None:
     )
     probe = Probe(recorder, every=int(config["every"]), masks=config["masks"],
                   all_ranks=bool(config.get("all_ranks"))).start()
-    _finalise_on_exit(probe, tees)
+    _finalise_on_exit(probe, tees, config.get("ledger"))
 
 
-def _finalise_on_exit(probe: Any, tees: list[MetricTee]) -> None:
+def _finalise_on_exit(probe: Any, tees: list[MetricTee], ledger: str | None) -> None:
     """Stamp how the process ended: an uncaught exception or SIGTERM is not 'complete'.
 
     A last output line without a newline is scanned for metrics before the file closes.
@@ -63,6 +69,8 @@ def _finalise_on_exit(probe: Any, tees: list[MetricTee]) -> None:
         for tee in tees:
             tee.end()
         probe.close(status)
+        if ledger and probe.failure:
+            _tell_launcher(ledger, probe.failure)
 
     previous_hook = sys.excepthook
 
@@ -73,15 +81,23 @@ def _finalise_on_exit(probe: Any, tees: list[MetricTee]) -> None:
     sys.excepthook = excepthook
     atexit.unregister(probe.close)
     atexit.register(lambda: close(outcome["status"]))
-    if threading.current_thread() is threading.main_thread() and \
-            signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None):
+    if threading.current_thread() is not threading.main_thread():
+        return
 
-        def on_term(signum: int, _frame: FrameType | None) -> None:
-            close("interrupted")
-            signal.signal(signum, signal.SIG_DFL)
-            os.kill(os.getpid(), signum)  # die of SIGTERM as the process would have
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        close("interrupted")
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)  # die of the signal as the process would have
 
-        signal.signal(signal.SIGTERM, on_term)
+    for signum in _ENDING_SIGNALS:
+        if signal.getsignal(signum) in (signal.SIG_DFL, None):  # the script's own handlers stay
+            signal.signal(signum, on_signal)
+
+
+def _tell_launcher(ledger: str, failure: str) -> None:
+    """One line for ``gfprobe record``, which cannot see why a process recorded nothing."""
+    with contextlib.suppress(OSError), open(ledger, "a", encoding="utf-8") as f:
+        f.write(json.dumps({"pid": os.getpid(), "failure": failure}) + "\n")
 
 
 class _AfterImport(importlib.abc.MetaPathFinder):

@@ -8,9 +8,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from numbers import Real
+from typing import TYPE_CHECKING
 
-from gfprobe.capture.recorder import Recorder
 from gfprobe.errors import ConfigError
+
+if TYPE_CHECKING:  # importing gfprobe must stay cheap: the CLI starts with it
+    from gfprobe.capture.recorder import Recorder
 
 _active: list[Recorder] = []
 

@@ -13,10 +13,11 @@ from gfprobe.analysis.report import build_report
 from gfprobe.cli._common import UserError, handle_errors
 from gfprobe.cli.check import config_option, emit
 from gfprobe.errors import GfprobeError
+from gfprobe.outpath import check_writable
 
 
-@click.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path),
+@click.command(context_settings={"allow_interspersed_args": False})
+@click.option("--out", type=click.Path(dir_okay=False),
               help="Run file to write [default: gfprobe-runs/<date>-<time>-<script>.h5].")
 @click.option("--force", is_flag=True, help="Replace --out if it exists.")
 @click.option("--every", type=click.IntRange(min=1), default=1, show_default=True,
@@ -35,7 +36,7 @@ from gfprobe.errors import GfprobeError
 @config_option
 @click.argument("command", nargs=-1, type=click.UNPROCESSED, required=True)
 @handle_errors
-def record(out: Path | None, force: bool, every: int, masks: str, metrics: tuple[str, ...],
+def record(out: str | None, force: bool, every: int, masks: str, metrics: tuple[str, ...],
            attrs: tuple[str, ...], all_ranks: bool, run_check: bool, config_path: Path | None,
            command: tuple[str, ...]) -> None:
     """Run COMMAND and record the gradients of every torch optimizer it steps.
@@ -50,7 +51,7 @@ def record(out: Path | None, force: bool, every: int, masks: str, metrics: tuple
     """
     config = load_config(config_path)[0] if run_check else None  # a bad config stops us before COMMAND runs
     options = launcher.RecordOptions(
-        out=out, force=force, every=every, masks=masks,
+        out=check_writable(out, "--out") if out is not None else None, force=force, every=every, masks=masks,
         metrics=dict(launcher.parse_metric(m) for m in metrics),
         attrs=dict(launcher.parse_attr(a) for a in attrs), all_ranks=all_ranks,
     )
@@ -59,11 +60,7 @@ def record(out: Path | None, force: bool, every: int, masks: str, metrics: tuple
     except launcher.CommandNotFound as exc:
         raise UserError(str(exc), exit_code=127) from None
     if not result.files and not result.notes:
-        raise UserError(
-            f"nothing was recorded: {' '.join(command)} never stepped a torch optimizer "
-            "(or ran in a Python where gfprobe is not installed)",
-            exit_code=result.exit_code or 3,
-        )
+        raise _nothing_recorded(command, result)
     for note in result.notes:
         click.echo(f"gfprobe: {note}", err=True)
     for path in result.files:
@@ -71,6 +68,16 @@ def record(out: Path | None, force: bool, every: int, masks: str, metrics: tuple
     if config is None or result.exit_code != 0:
         raise SystemExit(result.exit_code)
     raise SystemExit(emit(check_runs(result.files, config), "table", None))
+
+
+def _nothing_recorded(command: tuple[str, ...], result: launcher.RecordResult) -> UserError:
+    """Why no file came out. When recording failed, the command's own exit code is kept: gfprobe's
+    failure never changes the job's result. A command that never trained exits 3 if it succeeded."""
+    if result.failures:
+        return UserError(f"nothing was recorded: recording failed ({'; '.join(result.failures)}); "
+                         f"the command's exit code {result.exit_code} is kept", exit_code=result.exit_code)
+    return UserError(f"nothing was recorded: {' '.join(command)} never stepped a torch optimizer "
+                     "(or ran in a Python where gfprobe is not installed)", exit_code=result.exit_code or 3)
 
 
 def _describe(path: Path) -> str:
