@@ -225,11 +225,11 @@ def test_log_rejects_non_numbers(tmp_path: Path) -> None:
 def test_internal_failure_is_logged_once_and_training_goes_on(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     blocker = tmp_path / "not-a-folder"
-    blocker.write_text("a file where the run's folder should be")
     model = make_model()
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     with caplog.at_level(logging.WARNING, logger="gfprobe"):
-        probe = gfprobe.watch(model, opt, out=blocker / "run.h5")
+        probe = gfprobe.watch(model, opt, out=blocker / "run.h5")  # a valid path when watch() checks it
+        blocker.write_text("a file where the run's folder should be")  # ... and no longer at the first step
         train(model, opt, 400)  # several flushes: each would fail if recording went on
         probe.close()
     failures = [r for r in caplog.records if "recording stopped" in r.getMessage()]
