@@ -1,7 +1,8 @@
 """The ``gfprobe`` executable: Ctrl-C ends any command with one line and exit 130, never a traceback.
 
-The handler is set before the commands are imported (a second or so): an interrupt during that
-start-up is as quiet as one later.
+While the commands are imported (a second or so) a handler ends the process quietly; once they
+are, Ctrl-C raises KeyboardInterrupt again, for commands that clean up or say how to resume
+(the command group turns the rest into the same quiet exit).
 """
 
 from __future__ import annotations
@@ -19,8 +20,11 @@ def _interrupted(_signum: int, _frame: FrameType | None) -> None:
 
 
 def main() -> None:
-    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # not where the caller ignores it
+    quiet = signal.getsignal(signal.SIGINT) is signal.default_int_handler  # not where the caller ignores it
+    if quiet:
         signal.signal(signal.SIGINT, _interrupted)
     from gfprobe.cli import main as cli
 
+    if quiet:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     cli(prog_name="gfprobe")

@@ -13,9 +13,22 @@ from gfprobe.cli.plot import plot
 from gfprobe.cli.record import record
 from gfprobe.cli.report import report
 from gfprobe.cli.scsdc import scsdc
+from gfprobe.console import EXIT_INTERRUPTED
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Commands(click.Group):
+    """Ctrl-C in any command: one line and exit 130 (click's default is "Aborted!" and exit 1).
+    A command that can say more (``scsdc run``: how to resume) catches it first."""
+
+    def invoke(self, ctx: click.Context) -> object:
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt:
+            click.echo("gfprobe: interrupted", err=True)
+            ctx.exit(EXIT_INTERRUPTED)
+
+
+@click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="gfprobe")
 def main() -> None:
     """Gradient-flow diagnostics: record per-layer gradient statistics of any PyTorch training
