@@ -9,17 +9,18 @@ or the whole file when it has none). One table per rule; every key is optional::
     instability = { max_cv = 2.0 }
     mask_leak = { enabled = false }
 
-A misspelt rule or key, or a value of the wrong type, is an error that names it (exit 2).
+A misspelt rule or key, a value of the wrong type, NaN or inf, a fraction above 1, or a
+``tool.gfprobe`` / ``check`` that is not a table is an error that names it (exit 2).
 """
 
 from __future__ import annotations
 
 import difflib
+import math
+import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
-
-import tomllib
 
 from gfprobe.errors import ConfigError
 
@@ -71,12 +72,32 @@ def load_config(path: Path | None = None, cwd: Path | None = None) -> tuple[Conf
         document = tomllib.loads(source.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ConfigError(f"--config {source}: no such file") from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{source}: not UTF-8 text ({exc.reason} at byte {exc.start}); save it as UTF-8") from None
+    except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{source}: not valid TOML ({exc})") from None
-    table = document.get("tool", {}).get("gfprobe", {}).get("check")
+    except OSError as exc:
+        raise ConfigError(f"{source}: cannot read it ({exc.strerror or exc}); check its permissions") from None
+    table = _check_table(document, str(source))
     if table is None:
         table = {} if path is None else document  # a pyproject without the table: the defaults
     return validate(table, str(source)), source
+
+
+def _check_table(document: Mapping[str, Any], source: str) -> Mapping[str, Any] | None:
+    """``[tool.gfprobe.check]`` of a document, None when absent; an error when a level is not a table."""
+    node: Any = document
+    for depth, key in enumerate(("tool", "gfprobe", "check"), start=1):
+        node = node.get(key)
+        if node is None:
+            return None
+        if not isinstance(node, Mapping):
+            name = ".".join(("tool", "gfprobe", "check")[:depth])
+            raise ConfigError(f"{source}: {name} must be a table, got {type(node).__name__} {_short(node)}; "
+                              "write the settings as [tool.gfprobe.check] with one table per rule, e.g. "
+                              "vanishing = { threshold = 1e-9 }")
+    table: Mapping[str, Any] = node
+    return table
 
 
 def validate(table: Mapping[str, Any], source: str = "configuration") -> Config:
@@ -98,15 +119,34 @@ def validate(table: Mapping[str, Any], source: str = "configuration") -> Config:
 
 def _typed(source: str, rule: str, key: str, value: Any) -> Any:
     default = DEFAULTS[rule][key]
+    where = f"{source}: {rule}.{key} = {_short(value)}"
     if isinstance(default, bool):
         if not isinstance(value, bool):
-            raise ConfigError(f"{source}: {rule}.{key} = {value!r} must be true or false")
+            raise ConfigError(f"{where} must be true or false")
         return value
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ConfigError(f"{source}: {rule}.{key} = {value!r} must be a number")
-    if value < 0:
-        raise ConfigError(f"{source}: {rule}.{key} = {value!r} must not be negative")
-    return float(value)
+        raise ConfigError(f"{where} must be a number")
+    number = _as_float(value)
+    if not math.isfinite(number):  # NaN compares false with everything: a rule that could never fail
+        raise ConfigError(f"{where} must be a finite number; to turn the rule off write {rule} = {{ enabled = false }}")
+    if number < 0:
+        raise ConfigError(f"{where} must not be negative")
+    if key == "max_fraction" and number > 1:
+        raise ConfigError(f"{where} must be a fraction from 0 to 1, e.g. 0.05 for 5% of the steps")
+    return number
+
+
+def _as_float(value: int | float) -> float:
+    try:
+        return float(value)
+    except OverflowError:  # TOML integers are unbounded in tomllib; past 1e308 they are no number we can use
+        return math.inf
+
+
+def _short(value: Any) -> str:
+    """A value for a one-line message: long strings and tables cut."""
+    text = repr(value)
+    return text if len(text) <= 60 else f"{text[:57]}..."
 
 
 def _did_you_mean(word: str, allowed: Any) -> str:

@@ -3,8 +3,10 @@ SC-SDC sections, from one read of the runs. Renderers turn a :class:`Sections` i
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from gfprobe.analysis import correlation, scsdc
 from gfprobe.analysis.report import RunSummary
@@ -13,6 +15,8 @@ from gfprobe.errors import ConfigError
 
 # The research's pivot tables (SCIENCE.md §5): rows × columns of the SC-SDC p-values.
 PIVOTS = (("optimizer", "regularisation"), ("optimizer", "activation"))
+# More resamples than this do not move a 95% interval's printed digits, only the wait.
+MAX_RESAMPLES = 100_000
 
 
 @dataclass(frozen=True)
@@ -38,9 +42,16 @@ class Sections:
 
 def analyse(summaries: Sequence[RunSummary], request: Request) -> Sections:
     out = Sections(runs=list(summaries) if request.runs else None)
+    if request.resamples > MAX_RESAMPLES:
+        raise ConfigError(f"--resamples {request.resamples:,} is more than {MAX_RESAMPLES:,}; "
+                          "1000 to 10000 give a stable 95% interval")
+    if request.by and not request.correlate:
+        raise ConfigError("--by splits the correlation table: add --correlate METRIC, e.g. --correlate test_acc")
     if request.correlate:
         if len(summaries) < 2:
             raise ConfigError(f"--correlate needs several runs, got {len(summaries)}; pass files or folders of runs")
+        for attr in request.by:
+            check_split_attribute(summaries, attr)
         out.correlation = [c for metric in request.correlate
                            for c in correlation.correlate(summaries, metric, request.method, request.by,
                                                           resamples=request.resamples, seed=request.seed)]
@@ -52,3 +63,19 @@ def analyse(summaries: Sequence[RunSummary], request: Request) -> Sections:
                 out.pivots[(rows, columns)] = scsdc.pivot(summaries, out.scsdc, rows, columns,
                                                           request.scsdc_metric, request.test)
     return out
+
+
+def check_split_attribute(summaries: Sequence[RunSummary], attr: str) -> None:
+    """Refuse a ``--by`` attribute that some runs lack: they would form a silent "None" group."""
+    missing = [run for run in summaries if attr not in run.attrs]
+    if not missing:
+        return
+    shared = sorted(set.intersection(*(set(run.attrs) for run in summaries)))
+    known = ", ".join(shared) or "none"
+    if len(missing) == len(summaries):
+        close = difflib.get_close_matches(attr, shared, n=1, cutoff=0.6)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ConfigError(f"--by {attr}: no run has an attribute {attr!r}{hint}; attributes every run has: {known}")
+    names = ", ".join(Path(run.path).name for run in missing[:3]) + (", ..." if len(missing) > 3 else "")
+    raise ConfigError(f"--by {attr}: {len(missing)} of {len(summaries)} runs have no attribute {attr!r} ({names}); "
+                      f"pass only runs that have it, or split by one every run has: {known}")

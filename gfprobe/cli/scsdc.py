@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import click
@@ -9,10 +11,11 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from gfprobe.cli._common import UserError, console, format_option, handle_errors
 from gfprobe.errors import ConfigError, GfprobeError
+from gfprobe.outpath import check_writable_folder
 from gfprobe.render import plan as render_plan
 from gfprobe.render.formats import to_json
 from gfprobe.study import names, runner
-from gfprobe.study.config import RunSpec, Study, load_study
+from gfprobe.study.config import MAX_HIDDEN_LAYERS, MAX_SPARSE_WIDTH, RunSpec, Study, check_density, load_study
 from gfprobe.study.presets import PRESETS, describe, load_preset
 
 
@@ -23,15 +26,22 @@ def scsdc() -> None:
 
 def _densities(value: str) -> list[float]:
     try:
-        return [float(v) for v in value.split(",") if v.strip()]
+        densities = [float(v) for v in value.split(",") if v.strip()]
     except ValueError:
-        raise click.BadParameter(f"{value!r}: expected numbers separated by commas, e.g. 0.1,0.3,0.5") from None
+        raise ConfigError(f"--densities {value!r}: expected numbers separated by commas, e.g. 0.1,0.3,0.5") from None
+    if not densities:
+        raise ConfigError(f"--densities {value!r}: no density given; give numbers in (0, 1] separated by commas, "
+                          "e.g. 0.1,0.3,0.5")
+    for density in densities:
+        check_density(density, "--densities: density")
+    return densities
 
 
 @scsdc.command()
 @click.option("--arch", type=click.Choice(names.ARCHS), default="mlp", show_default=True)
-@click.option("--hidden-layers", type=int, default=2, show_default=True, help="Hidden layers of the MLP.")
-@click.option("--sparse-width", type=int, default=512, show_default=True,
+@click.option("--hidden-layers", type=click.IntRange(1, MAX_HIDDEN_LAYERS), default=2, show_default=True,
+              help="Hidden layers of the MLP.")
+@click.option("--sparse-width", type=click.IntRange(1, MAX_SPARSE_WIDTH), default=512, show_default=True,
               help="Units per hidden layer of the sparse MLP; first-block channels of the sparse CNN.")
 @click.option("--densities", default="0.1,0.3,0.5,0.7,0.9", show_default=True,
               help="Comma-separated densities in (0, 1].")
@@ -73,7 +83,7 @@ def presets(output_format: str) -> None:
 @scsdc.command()
 @click.option("--preset", type=click.Choice(PRESETS), help="A built-in study (see 'gfprobe scsdc presets').")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), help="A study TOML file.")
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
+@click.option("--out", type=click.Path(file_okay=False), required=True,  # a str: '' must not become '.'
               help="Folder for the study: run files go to OUT/runs/.")
 @click.option("--jobs", type=click.IntRange(min=1), default=1, show_default=True, help="Runs trained in parallel.")
 @click.option("--data-root", type=click.Path(file_okay=False, path_type=Path),
@@ -82,11 +92,13 @@ def presets(output_format: str) -> None:
 @click.option("--device", default="cpu", show_default=True, help="Torch device to train on, e.g. cuda.")
 @click.option("--report/--no-report", default=True, show_default=True, help="Print the report of the study's runs.")
 @handle_errors
-def run(preset: str | None, config_path: Path | None, out: Path, jobs: int, data_root: Path | None,
+def run(preset: str | None, config_path: Path | None, out: str | Path, jobs: int, data_root: Path | None,
         download: bool, device: str, report: bool) -> None:
     """Train every run of a study not yet done under OUT, then report. Rerunning the same
     command skips finished runs and redoes unfinished ones."""
     study = _study(preset, config_path)
+    check_writable_folder(out, "--out")
+    out = Path(out)
     options = runner.RunOptions(data_root=data_root, download=download, jobs=jobs, device=device)
     validate(study, options)
     outcome = _run_with_progress(study, out, options)
@@ -159,15 +171,35 @@ def _check_device(device: str) -> None:
 
 
 def _run_with_progress(study: Study, out: Path, options: runner.RunOptions) -> runner.StudyOutcome:
+    reporter = _bar if console().is_terminal else _log_lines
+    with reporter(study) as (started, finished):
+        try:
+            return runner.run_study(study, out, options, started, finished)
+        except KeyboardInterrupt:
+            raise UserError(f"interrupted; rerun the same command to finish the study in {out}",
+                            exit_code=130) from None
+
+
+Callbacks = tuple[runner.OnStart, runner.OnRun]
+
+
+@contextmanager
+def _log_lines(study: Study) -> Iterator[Callbacks]:
+    """Plain lines on stderr: a CI log gets progress as it goes, not one bar at the end."""
+    with runner.LogProgress(len(study), lambda line: click.echo(line, err=True), runner.LOG_EVERY_SECONDS) as log:
+        yield log.on_start, log.on_run
+
+
+@contextmanager
+def _bar(study: Study) -> Iterator[Callbacks]:
     columns = (TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
                TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn())
     with Progress(*columns, console=console(), transient=False) as bar:
         task = bar.add_task(f"{study.name}: planning", total=len(study))
+        failures = 0
 
         def started(done: int, todo: int) -> None:
             bar.update(task, completed=done, description=f"{study.name}: training")
-
-        failures = 0
 
         def finished(spec: RunSpec, error: str | None) -> None:
             nonlocal failures
@@ -175,8 +207,4 @@ def _run_with_progress(study: Study, out: Path, options: runner.RunOptions) -> r
             bar.update(task, advance=1, description=f"{study.name}: training" + (f", {failures} failed"
                                                                                    if failures else ""))
 
-        try:
-            return runner.run_study(study, out, options, started, finished)
-        except KeyboardInterrupt:
-            raise UserError(f"interrupted; rerun the same command to finish the study in {out}",
-                            exit_code=130) from None
+        yield started, finished

@@ -29,12 +29,12 @@ from __future__ import annotations
 
 import difflib
 import itertools
+import math
+import tomllib
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
-
-import tomllib
 
 from gfprobe.errors import ConfigError
 from gfprobe.study import names
@@ -67,6 +67,14 @@ CHOICES: dict[str, Sequence[str]] = {
 }
 INTEGERS = ("hidden_layers", "sparse_width", "seed", "epochs", "batch_size", "eval_every", "record_every")
 POSITIVE = ("hidden_layers", "sparse_width", "epochs", "batch_size", "eval_every", "record_every", "lr")
+NUMBERS = ("lr", "density", "weight_decay")
+# Bounds that keep planning finite: a plan has one row per layer, and widths enter float arithmetic.
+MAX_HIDDEN_LAYERS = 1000
+MAX_SPARSE_WIDTH = 1_000_000
+# Below this even the widest sparse network leaves its dense partner without a unit (d × W_s < ½).
+MIN_DENSITY = 0.5 / MAX_SPARSE_WIDTH
+INT64 = 2**63  # whole numbers are stored as 64-bit run attributes and seed torch's generator
+MAX_RUNS = 1_000_000  # per grid, before sparse/dense pairing: a typo in a list must not exhaust memory
 STUDY_KEYS = ("name", *SETTINGS)
 
 
@@ -120,38 +128,47 @@ class Study:
 def load_study(path: Path) -> Study:
     """Read and validate a study file."""
     try:
-        with path.open("rb") as handle:
-            document = tomllib.load(handle)
+        document = tomllib.loads(path.read_bytes().decode("utf-8"))
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such study file") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start}); save it as UTF-8") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML ({exc})") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the study file ({exc.strerror or exc})") from None
     return parse_study(document, source=str(path), default_name=path.stem)
 
 
 def parse_study(document: Mapping[str, Any], source: str = "study", default_name: str = "study") -> Study:
     """Validate a parsed study document and expand its grids into runs."""
     _check_keys(document, ("study", "grid"), f"{source}: top-level table")
-    shared = dict(document.get("study", {}))
+    shared = document.get("study", {})
     _check_keys(shared, STUDY_KEYS, f"{source}: [study] key")
-    name = str(shared.pop("name", default_name))
+    shared = dict(shared)
+    name = shared.pop("name", default_name)
+    if not isinstance(name, str) or not name.strip():
+        raise ConfigError(f"{source}: [study] name = {_short(name)} must be a non-empty string, e.g. name = \"mine\"")
     grids = document.get("grid")
-    if not isinstance(grids, list) or not grids:
+    if grids is None or grids == []:
         raise ConfigError(f"{source}: no [[grid]] table; add at least one, e.g. [[grid]] with density = [0.1, 0.5]")
-    runs: list[RunSpec] = []
-    seen: set[str] = set()
+    if not isinstance(grids, list):
+        raise ConfigError(f"{source}: grid = {_short(grids)} must be tables written [[grid]], e.g. "
+                          "[[grid]] with density = [0.1, 0.5]")
+    runs: dict[str, RunSpec] = {}
     for index, grid in enumerate(grids, start=1):
         where = f"{source}: [[grid]] #{index}"
         _check_keys(grid, (*AXES, *SETTINGS), f"{where} key")
         for spec in _expand(where, name, {**SETTINGS, **shared, **grid}):
-            if spec.run_id not in seen:  # grids may overlap: a run is trained once
-                seen.add(spec.run_id)
-                runs.append(spec)
-    return Study(name, tuple(runs))
+            known = runs.setdefault(spec.run_id, spec)  # grids may overlap: a run is trained once
+            if known != spec:  # ids print numbers to 6 digits: closer values would share one file
+                raise ConfigError(f"{where}: two different runs get the id {spec.run_id}; make values such as "
+                                  "density and lr differ within 6 significant digits, or give other settings")
+    return Study(name, tuple(runs.values()))
 
 
 def _expand(where: str, study: str, values: Mapping[str, Any]) -> Iterator[RunSpec]:
-    axes = {key: _as_list(values[key]) if key in values else [AXES[key]] for key in AXES}
+    axes = _axes(where, values)
     settings = {key: values[key] for key in SETTINGS}
     for key, options in {**axes, **{k: [v] for k, v in settings.items()}}.items():
         for value in options:
@@ -164,6 +181,19 @@ def _expand(where: str, study: str, values: Mapping[str, Any]) -> Iterator[RunSp
         yield base
         if base.density < 1.0:  # at density 1 the "sparse" network is the dense one
             yield replace(base, sparse=True)
+
+
+def _axes(where: str, values: Mapping[str, Any]) -> dict[str, list[Any]]:
+    """Each axis's values, refusing an empty list (it would drop the grid silently) and a grid too large."""
+    axes = {key: _as_list(values[key]) if key in values else [AXES[key]] for key in AXES}
+    for key, options in axes.items():
+        if not options:
+            raise ConfigError(f"{where}: {key} = [] has no value; give one value or a list of them")
+    size = math.prod(len(options) for options in axes.values())
+    if size > MAX_RUNS:
+        raise ConfigError(f"{where}: its lists make {size:,} combinations, more than {MAX_RUNS:,}; "
+                          "shorten them or split the study")
+    return axes
 
 
 def _as_list(value: Any) -> list[Any]:
@@ -180,20 +210,54 @@ def _check_keys(table: Any, allowed: Sequence[str], what: str) -> None:
 
 
 def _check_value(where: str, key: str, value: Any) -> None:
-    if key in CHOICES and value not in CHOICES[key]:
-        raise ConfigError(f"{where}: {key} = {value!r} is not known{_did_you_mean(str(value), CHOICES[key])}; "
+    if key in CHOICES and (not isinstance(value, str) or value not in CHOICES[key]):
+        raise ConfigError(f"{where}: {key} = {_short(value)} is not known{_did_you_mean(str(value), CHOICES[key])}; "
                           f"allowed: {', '.join(CHOICES[key])}")
-    if key in INTEGERS and (isinstance(value, bool) or not isinstance(value, int)):
-        raise ConfigError(f"{where}: {key} = {value!r} must be a whole number")
-    if key in ("lr", "density", "weight_decay") and (isinstance(value, bool) or not isinstance(value, int | float)):
-        raise ConfigError(f"{where}: {key} = {value!r} must be a number")
+    if key in INTEGERS:
+        _check_integer(where, key, value)
+    if key in NUMBERS and (isinstance(value, bool) or not isinstance(value, int | float)):
+        raise ConfigError(f"{where}: {key} = {_short(value)} must be a number")
+    if key in NUMBERS and not _finite(value):
+        raise ConfigError(f"{where}: {key} = {_short(value)} must be a finite number")
     if key in POSITIVE and value <= 0:
         raise ConfigError(f"{where}: {key} = {value!r} must be greater than 0")
-    if key == "density" and not 0 < value <= 1:
-        raise ConfigError(f"{where}: density = {value!r} is outside (0, 1]; a density is the fraction of "
-                          "weights kept, e.g. 0.1 for a network with 10% of its weights active")
+    if key == "density":
+        check_density(value, f"{where}: density")
     if key == "weight_decay" and value < 0:
         raise ConfigError(f"{where}: weight_decay = {value!r} must not be negative")
+
+
+def _check_integer(where: str, key: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"{where}: {key} = {_short(value)} must be a whole number")
+    highest = {"hidden_layers": MAX_HIDDEN_LAYERS, "sparse_width": MAX_SPARSE_WIDTH}.get(key, INT64 - 1)
+    if value > highest:
+        raise ConfigError(f"{where}: {key} = {_short(value)} is too large; the most gfprobe takes is {highest:,}")
+    if value < -INT64:
+        raise ConfigError(f"{where}: {key} = {_short(value)} is too small; the least gfprobe takes is {-INT64:,}")
+
+
+def check_density(value: float, what: str = "density") -> None:
+    """Refuse a density that is not a number in [MIN_DENSITY, 1] (NaN and inf included)."""
+    if not 0 < value <= 1:  # false for NaN too
+        raise ConfigError(f"{what} = {value!r} is outside (0, 1]; a density is the fraction of weights kept, "
+                          "e.g. 0.1 for a network with 10% of its weights active")
+    if value < MIN_DENSITY:
+        raise ConfigError(f"{what} = {value!r} is too small: even a sparse width of {MAX_SPARSE_WIDTH:,} would leave "
+                          f"the dense network no unit; use a density of at least {MIN_DENSITY:g}")
+
+
+def _finite(value: int | float) -> bool:
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an integer past float's range
+        return False
+
+
+def _short(value: Any) -> str:
+    """A value for a one-line message: long strings and tables cut."""
+    text = repr(value)
+    return text if len(text) <= 60 else f"{text[:57]}..."
 
 
 def _did_you_mean(word: str, allowed: Sequence[str]) -> str:

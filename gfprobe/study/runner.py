@@ -8,15 +8,19 @@ Runs are independent: one failing is reported at the end and never stops the oth
 
 from __future__ import annotations
 
+import math
 import multiprocessing
 import os
+import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor, as_completed
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import TracebackType
 
-from gfprobe.errors import GfprobeError, RunFileError
+from gfprobe.errors import ConfigError, GfprobeError, RunFileError
 from gfprobe.store.reader import open_run
 from gfprobe.study.config import RunSpec, Study
 
@@ -86,7 +90,11 @@ def run_study(study: Study, out_dir: Path, options: RunOptions, on_start: OnStar
     """Train every run of ``study`` not yet done under ``out_dir``."""
     if options.jobs < 1:
         raise GfprobeError(f"--jobs must be at least 1, got {options.jobs}")
-    (out_dir / RUNS_DIR).mkdir(parents=True, exist_ok=True)
+    try:
+        (out_dir / RUNS_DIR).mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # checked before by the CLI; this covers the library and a race
+        raise ConfigError(f"cannot create {out_dir / RUNS_DIR} ({exc.strerror or exc}); "
+                          "choose a folder you can write to") from None
     todo, done = plan_work(study, out_dir)
     if on_start is not None:
         on_start(len(done), len(todo))
@@ -142,3 +150,85 @@ def _train_one(spec: RunSpec, out_dir: Path, options: RunOptions, threads: int) 
     if not is_done(path):  # gfprobe never stops training, so a failed recording shows only here
         return f"trained, but {path} was not recorded completely (see gfprobe's warning above)"
     return None
+
+
+# Progress for logs: a line per this fraction of the runs to train, or per this many seconds.
+LOG_EVERY_FRACTION = 0.05
+LOG_EVERY_SECONDS: float | None = 60.0
+
+
+class LogProgress:
+    """Progress as plain lines, for output that is not a terminal (CI logs), where a live bar
+    would show nothing until the end: one line per ``every`` runs finished or per ``interval``
+    seconds, whichever comes first, and one when the last run finishes.
+
+    ``interval=None`` turns the timed lines off (tests count lines, never wait); ``clock`` is
+    injectable for the same reason. Use as a context manager: the timer thread stops on exit.
+    """
+
+    def __init__(self, total: int, echo: Callable[[str], None], interval: float | None = LOG_EVERY_SECONDS,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.total, self.echo, self.interval, self.clock = total, echo, interval, clock
+        self.done = self.failed = 0
+        self.every = 1
+        self._started = self._last_time = clock()
+        self._last_done = 0
+        self._lock = threading.Lock()  # the timer thread and the caller both print
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> LogProgress:
+        if self.interval is not None:
+            self._thread = threading.Thread(target=self._tick, args=(self.interval,), name="gfprobe-progress",
+                                            daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+
+    def on_start(self, done: int, todo: int) -> None:
+        """An :data:`OnStart` callback."""
+        with self._lock:
+            self.done, self._last_done = done, done
+            self.every = max(1, math.ceil(todo * LOG_EVERY_FRACTION))
+            self.echo(f"gfprobe: {self.total} runs, {done} done before, {todo} to train")
+
+    def on_run(self, spec: RunSpec, error: str | None) -> None:
+        """An :data:`OnRun` callback."""
+        with self._lock:
+            self.done += 1
+            self.failed += error is not None
+            now = self.clock()
+            overdue = self.interval is not None and now - self._last_time >= self.interval
+            if self.done - self._last_done >= self.every or self.done >= self.total or overdue:
+                self._line(now)
+
+    def _line(self, now: float) -> None:
+        self._last_time, self._last_done = now, self.done
+        self.echo(f"gfprobe: {self.done}/{self.total} runs done, {self.failed} failed, "
+                  f"{format_duration(now - self._started)} elapsed")
+
+    def _tick(self, interval: float) -> None:
+        while True:
+            with self._lock:
+                now = self.clock()
+                wait = interval - (now - self._last_time)
+                if wait <= 0:  # nothing printed for a whole interval: say we are still going
+                    self._line(now)
+                    wait = interval
+            if self._stop.wait(wait):
+                return
+
+
+def format_duration(seconds: float) -> str:
+    """``3m10s``, ``1h02m05s``, ``42s``."""
+    whole = int(seconds)
+    hours, rest = divmod(whole, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours}h{minutes:02d}m{secs:02d}s"
+    return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
