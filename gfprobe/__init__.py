@@ -6,34 +6,39 @@ works from run files alone.
 
 from __future__ import annotations
 
-from pathlib import Path
+import importlib
 from typing import TYPE_CHECKING, Any
-
-from gfprobe.capture.session import log
-from gfprobe.errors import GfprobeError
-from gfprobe.schedule import every
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
+    from pathlib import Path
 
     import torch
 
     from gfprobe.adapters.torch_probe import Probe
-    from gfprobe.schedule import Schedule
+    from gfprobe.capture.session import log
+    from gfprobe.errors import GfprobeError
+    from gfprobe.schedule import Schedule, every
+
+# Importing gfprobe runs nothing but this file: the ``gfprobe`` command sets its Ctrl-C handler
+# right after, and a script that only calls ``gfprobe.log`` pays for what it uses.
+_LAZY = {"log": "gfprobe.capture.session", "GfprobeError": "gfprobe.errors", "every": "gfprobe.schedule"}
 
 
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value  # once
+        return value
+    if name == "__version__":
+        from importlib.metadata import PackageNotFoundError, version
 
-def __getattr__(name: str) -> str:
-    """``__version__``, read from the installed metadata on first use: importing gfprobe stays cheap
-    (the CLI sets its Ctrl-C handler only once this package has been imported)."""
-    if name != "__version__":
-        raise AttributeError(f"module 'gfprobe' has no attribute {name!r}")
-    from importlib.metadata import PackageNotFoundError, version
+        try:
+            return version("gfprobe")
+        except PackageNotFoundError:  # running from a source tree that was never installed
+            return "0+unknown"
+    raise AttributeError(f"module 'gfprobe' has no attribute {name!r}")
 
-    try:
-        return version("gfprobe")
-    except PackageNotFoundError:  # running from a source tree that was never installed
-        return "0+unknown"
 
 __all__ = ["GfprobeError", "__version__", "every", "log", "watch"]
 

@@ -17,7 +17,7 @@ from gfprobe.outpath import check_writable
 
 
 @click.command(context_settings={"allow_interspersed_args": False})
-@click.option("--out", type=click.Path(dir_okay=False),
+@click.option("--out", type=click.Path(),
               help="Run file to write [default: gfprobe-runs/<date>-<time>-<script>.h5].")
 @click.option("--force", is_flag=True, help="Replace --out if it exists.")
 @click.option("--every", type=click.IntRange(min=1), default=1, show_default=True,
