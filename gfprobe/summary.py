@@ -22,6 +22,18 @@ def protocol_indices(n_steps: int, points: int = DEFAULT_POINTS) -> np.ndarray:
     return np.unique(np.round(np.linspace(0, n_steps - 1, min(points, n_steps))).astype(int))
 
 
+def describe(how: str = "points", points: int = DEFAULT_POINTS, short: bool = False) -> str:
+    """What a summary is, in words, for titles and axis labels."""
+    if how not in SUMMARIES:
+        raise ConfigError(f"unknown summary {how!r}; use one of {', '.join(SUMMARIES)}")
+    if how == "points":
+        return f"{points}-point mean" if short else f"mean over {points} evenly spaced recorded steps"
+    if short:
+        return {"mean": "mean over steps", "last": "last step", "max": "max over steps"}[how]
+    return {"mean": "mean over all recorded steps", "last": "value at the last recorded step",
+            "max": "maximum over the recorded steps"}[how]
+
+
 def summarise(values: np.ndarray, how: str = "points", points: int = DEFAULT_POINTS) -> float:
     """One number for a per-step series; NaN for an empty series."""
     if how not in SUMMARIES:

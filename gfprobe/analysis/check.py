@@ -18,7 +18,7 @@ import numpy as np
 
 from gfprobe.analysis.check_config import Config
 from gfprobe.measures import LayerStats, egf, layer_norms
-from gfprobe.store.reader import StreamData, open_run
+from gfprobe.store.reader import StreamData, Unreadable, open_run, read_each
 
 # Every statistic a rule reads; read once per run.
 FIELDS = ("sumsq", "sum_abs", "masked_sumsq", "masked_sum_abs", "active", "nonfinite", "has_grad")
@@ -254,10 +254,17 @@ def check_stream(stream: StreamData, path: str, config: Config) -> RunCheck:
 
 
 def check_runs(paths: list[Path], config: Config, stream_index: int = 0) -> list[RunCheck]:
-    """Every rule on every run, in order. Each file is read once."""
-    out = []
-    for path in paths:
-        with open_run(path) as run:
-            stream = run.stream(stream_index, fields=FIELDS)
-        out.append(check_stream(stream, str(path), config))
-    return out
+    """Every rule on every run, in order; a RunFileError for the first file that cannot be read."""
+    return [check_path(path, config, stream_index) for path in paths]
+
+
+def check_each(paths: list[Path], config: Config, stream_index: int = 0) -> tuple[list[RunCheck], list[Unreadable]]:
+    """Every rule on every readable run, and every file that could not be read, in order."""
+    return read_each(paths, lambda path: check_path(path, config, stream_index))
+
+
+def check_path(path: Path, config: Config, stream_index: int = 0) -> RunCheck:
+    """Every rule on one run. Its file is read once."""
+    with open_run(path) as run:
+        stream = run.stream(stream_index, fields=FIELDS)
+    return check_stream(stream, str(path), config)

@@ -11,6 +11,7 @@ further by other attributes. Pure NumPy/SciPy: no torch, no I/O.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -25,6 +26,8 @@ from gfprobe.measures import MEASURES
 METHODS = ("kendall", "spearman")
 GROUPS = ("sparse", "dense", "all")
 MIN_RUNS = 3  # fewer pairs than this have no meaningful rank correlation: reported as NaN
+# Fewer runs than this have too few distinct resamples for a bootstrap interval: reported as NaN.
+MIN_INTERVAL_RUNS = 5
 
 
 @dataclass(frozen=True)
@@ -117,14 +120,36 @@ def rank_correlation(x: np.ndarray, y: np.ndarray, method: str = "kendall", resa
     if len(x) < MIN_RUNS or np.ptp(x) == 0 or np.ptp(y) == 0:
         return nan
     result = _coefficient(method)(x, y)
-    ci = (math.nan, math.nan)
-    if resamples > 0:
-        statistic = (_resampled_kendall if method == "kendall" else _resampled_spearman)(x, y)
+    return float(result.statistic), float(result.pvalue), bootstrap_interval(x, y, method, resamples, seed)
+
+
+def bootstrap_interval(x: np.ndarray, y: np.ndarray, method: str, resamples: int,
+                       seed: int) -> tuple[float, float]:
+    """Percentile bootstrap 95% interval of paired finite values; NaN with no resamples or fewer
+    than MIN_INTERVAL_RUNS pairs.
+
+    A resample that draws a single x (or y) value has no rank correlation. scipy then gives NaN
+    and a DegenerateDataWarning; such resamples are left out instead (the interval is that of
+    the resamples whose coefficient is defined), which changes nothing when there are none.
+    """
+    if resamples <= 0 or len(x) < MIN_INTERVAL_RUNS:
+        return math.nan, math.nan
+    statistic = (_resampled_kendall if method == "kendall" else _resampled_spearman)(x, y)
+    with warnings.catch_warnings():
+        # Only here, where scipy raises it: the NaN it warns about is handled below.
+        warnings.simplefilter("ignore", stats.DegenerateDataWarning)
         boot = stats.bootstrap((np.arange(len(x)),), statistic, vectorized=True, n_resamples=resamples,
                                batch=max(1, 20_000_000 // len(x)), method="percentile",
                                confidence_level=0.95, rng=np.random.default_rng(seed))
-        ci = (float(boot.confidence_interval.low), float(boot.confidence_interval.high))
-    return float(result.statistic), float(result.pvalue), ci
+    low, high = float(boot.confidence_interval.low), float(boot.confidence_interval.high)
+    if math.isfinite(low) and math.isfinite(high):
+        return low, high
+    distribution = np.asarray(boot.bootstrap_distribution)
+    defined = distribution[np.isfinite(distribution)]
+    if defined.size == 0:
+        return math.nan, math.nan
+    low, high = np.quantile(defined, [0.025, 0.975])
+    return float(low), float(high)
 
 
 def group_of(run: RunSummary) -> str | None:

@@ -13,8 +13,9 @@ from typing import Any
 
 import numpy as np
 
+from gfprobe.errors import RunFileError
 from gfprobe.measures import MEASURES, LayerStats, compute_all, layer_norms
-from gfprobe.store.reader import Metric, RunFile, StreamData, open_run
+from gfprobe.store.reader import Metric, RunFile, StreamData, Unreadable, open_run, read_each
 from gfprobe.summary import DEFAULT_POINTS, summarise
 
 # What the measures need; the per-layer table also reads the largest |g| and non-finite counts.
@@ -47,6 +48,8 @@ class RunSummary:
     attrs: dict[str, Any]
     series: dict[str, np.ndarray] = field(repr=False)  # per-step egf_2 (the report's sparkline)
     per_layer: list[LayerSummary] = field(default_factory=list)
+    how: str = "points"  # the summary of each per-step series (gfprobe.summary.SUMMARIES)
+    points: int = DEFAULT_POINTS  # steps the "points" summary averages
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -54,6 +57,7 @@ class RunSummary:
             "measures": {k: _num(v) for k, v in self.measures.items()},
             "metrics": {k: {kk: _num(vv) for kk, vv in v.items()} for k, v in self.metrics.items()},
             "attrs": self.attrs, "skipped": self.skipped, "status": self.status,
+            "summary": {"how": self.how, **({"points": self.points} if self.how == "points" else {})},
             **({"per_layer": [_layer_json(layer) for layer in self.per_layer]} if self.per_layer else {}),
         }
 
@@ -108,6 +112,8 @@ def summarise_run(run: RunFile, stream_index: int = 0, how: str = "points",
         attrs=run.attrs,
         series={"egf_2": series["egf_2"].astype(np.float32)},
         per_layer=layers,
+        how=how,
+        points=points,
     )
 
 
@@ -137,8 +143,20 @@ CHUNK = 16  # files per task handed to a worker process
 def build_report(paths: Sequence[str | Path], stream_index: int = 0, how: str = "points",
                  points: int = DEFAULT_POINTS, per_layer: bool = False,
                  on_file: Callable[[int], None] | None = None) -> list[RunSummary]:
-    """Summaries of every run, in the order given. Each file is opened once, and only the
-    statistics the summaries need are read. ``on_file(n)`` is called as files are done (n so far).
+    """Summaries of every run, in the order given; a RunFileError for the first file that cannot
+    be read (:func:`read_report` reports the others and lists every such file)."""
+    summaries, unreadable = read_report(paths, stream_index, how, points, per_layer, on_file)
+    if unreadable:
+        raise RunFileError(str(unreadable[0]))
+    return summaries
+
+
+def read_report(paths: Sequence[str | Path], stream_index: int = 0, how: str = "points",
+                points: int = DEFAULT_POINTS, per_layer: bool = False,
+                on_file: Callable[[int], None] | None = None) -> tuple[list[RunSummary], list[Unreadable]]:
+    """Summaries of every readable run, and every file that could not be read, in the order given.
+    Each file is opened once, and only the statistics the summaries need are read. ``on_file(n)``
+    is called as files are done (n so far).
 
     Reading is decompression-bound, and HDF5 serialises threads, so many files are read by worker
     processes (one per core); the summaries come back small (one per-step series).
@@ -152,8 +170,8 @@ def build_report(paths: Sequence[str | Path], stream_index: int = 0, how: str = 
         for chunk in chunks:
             results.append(read(chunk))
             if on_file is not None:
-                on_file(sum(map(len, results)))
-        return [summary for result in results for summary in result]
+                on_file(sum(len(runs) + len(bad) for runs, bad in results))
+        return _joined(results)
     context = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
     with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
         futures = {pool.submit(read, chunk): len(chunk) for chunk in chunks}
@@ -162,13 +180,17 @@ def build_report(paths: Sequence[str | Path], stream_index: int = 0, how: str = 
             done += futures[future]
             if on_file is not None:
                 on_file(done)
-        return [summary for future in futures for summary in future.result()]
+        return _joined([future.result() for future in futures])
 
 
 def _summarise_paths(paths: Sequence[str | Path], stream_index: int, how: str, points: int,
-                     per_layer: bool) -> list[RunSummary]:
-    summaries = []
-    for path in paths:
+                     per_layer: bool) -> tuple[list[RunSummary], list[Unreadable]]:
+    def summary(path: Path) -> RunSummary:
         with open_run(path) as run:
-            summaries.append(summarise_run(run, stream_index, how, points, per_layer))
-    return summaries
+            return summarise_run(run, stream_index, how, points, per_layer)
+
+    return read_each([Path(p) for p in paths], summary)
+
+
+def _joined(results: list[tuple[list[RunSummary], list[Unreadable]]]) -> tuple[list[RunSummary], list[Unreadable]]:
+    return [s for runs, _ in results for s in runs], [u for _, bad in results for u in bad]

@@ -24,6 +24,7 @@ class RunSeries:
 
 
 def read_series(path: Path, stream_index: int = 0) -> RunSeries:
+    """One run's series; a RunFileError names the file when it cannot be read."""
     with open_run(path) as run:
         stream = run.stream(stream_index, fields=MEASURE_FIELDS)
         attrs = run.attrs

@@ -12,6 +12,7 @@ from rich.console import Console
 
 from gfprobe.errors import GfprobeError
 from gfprobe.render.formats import FORMATS
+from gfprobe.render.safe import printable
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -26,7 +27,8 @@ class UserError(click.ClickException):
         self.exit_code = exit_code  # type: ignore[misc]  # click declares it on the class
 
     def show(self, file: Any = None) -> None:
-        click.echo(f"gfprobe: {self.format_message()}", err=True)
+        # Messages name paths and values read from files: shown, never obeyed by the terminal.
+        click.echo(f"gfprobe: {printable(self.format_message())}", err=True)
 
 
 def handle_errors(func: F) -> F:
@@ -48,7 +50,11 @@ def format_option(choices: tuple[str, ...] = FORMATS) -> Callable[[F], F]:
 
 
 def console(stderr: bool = False) -> Console:
-    """A console that honours NO_COLOR and GFPROBE_WIDTH (used for stable golden files)."""
+    """A console that honours NO_COLOR and GFPROBE_WIDTH (used for stable golden files).
+
+    Markup and emoji codes are off: a string that reaches it from a run file is shown as it is
+    (renderers also hand it rich Text, which is never parsed).
+    """
     width = os.environ.get("GFPROBE_WIDTH")
     return Console(width=int(width) if width else None, no_color="NO_COLOR" in os.environ,
-                   highlight=False, soft_wrap=False, stderr=stderr)
+                   highlight=False, soft_wrap=False, stderr=stderr, markup=False, emoji=False)

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import json
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
 import click
 
-from gfprobe.analysis.check import RunCheck, check_runs
+from gfprobe.analysis.check import RunCheck, check_each
 from gfprobe.analysis.check_config import DESCRIPTIONS, load_config
-from gfprobe.cli._common import console, handle_errors
-from gfprobe.cli.report import expand_runs
+from gfprobe.cli._common import EXIT_BAD_INPUT, console, handle_errors
+from gfprobe.cli.report import expand_runs, listing
+from gfprobe.outpath import check_writable
 from gfprobe.render import check as render
+from gfprobe.render.formats import to_json
+from gfprobe.store.reader import Unreadable
 
 EXIT_FAILED = 1
 
@@ -26,18 +30,32 @@ def config_option(func: F) -> F:
                              "pyproject.toml].")(func)
 
 
-def emit(checks: list[RunCheck], output_format: str, junit: Path | None) -> int:
-    """Print the results; write JUnit XML if asked; return the exit code."""
+def emit(checks: list[RunCheck], output_format: str, junit: Path | None,
+         unreadable: Sequence[Unreadable] = ()) -> int:
+    """Print the results; write JUnit XML if asked; return the exit code (2 when some file could
+    not be read, which outranks a failing rule: that run's health is unknown)."""
     if output_format == "json":
-        click.echo(render.render_json(checks), nl=False)
-        click.echo()
+        click.echo(_json(checks, unreadable))
     elif output_format == "github":
-        click.echo(render.render_github(checks), nl=False)
+        if checks:  # with none, not even an empty line: the unreadable files are listed on stderr
+            click.echo(render.render_github(checks), nl=False)
     else:
         render.render_table(console(), checks)
     if junit is not None:
         render.write_junit(checks, junit)
+    if unreadable:
+        return EXIT_BAD_INPUT
     return 0 if all(c.passed for c in checks) else EXIT_FAILED
+
+
+def _json(checks: list[RunCheck], unreadable: Sequence[Unreadable]) -> str:
+    if not unreadable:
+        return render.render_json(checks).rstrip("\n")
+    # render/check.py lays out the runs' results; the files that were never checked are this
+    # command's to add, and no run passed that could not be read.
+    payload = json.loads(render.render_json(checks))
+    payload.update(passed=False, unreadable=[item.to_json() for item in unreadable])
+    return to_json(payload)
 
 
 @click.command(epilog="Rules: " + "; ".join(f"{rule}: {text}" for rule, text in DESCRIPTIONS.items()) + ".")
@@ -54,4 +72,9 @@ def check(runs: tuple[Path, ...], config_path: Path | None, output_format: str, 
     """Check the gradient health of RUNS: exit 0 when every rule passes, 1 when one fails, 2 on
     bad input. RUNS are run files or folders of them."""
     config, _ = load_config(config_path)
-    raise SystemExit(emit(check_runs(expand_runs(runs), config, stream), output_format, junit))
+    if junit is not None:
+        check_writable(junit, "--junit")
+    checks, unreadable = check_each(expand_runs(runs), config, stream)
+    with listing(unreadable):
+        code = emit(checks, output_format, junit, unreadable)
+    raise SystemExit(code)

@@ -10,6 +10,7 @@ from rich.table import Table
 
 from gfprobe.cli._common import console, format_option, handle_errors
 from gfprobe.render.formats import fmt, to_json
+from gfprobe.render.safe import text
 from gfprobe.store.reader import open_run
 
 
@@ -46,25 +47,26 @@ def inspect(run: Path, output_format: str) -> None:
         click.echo(to_json(info))
         return
     out = console()
-    meta = Table(title=str(run), title_justify="left", show_header=False)
+    # Everything below is read from the file: Text cells, so none of it is parsed as markup.
+    meta = Table(title=text(run, "table.title"), title_justify="left", show_header=False)
     for key, value in {**info["metadata"], **{f"attrs.{k}": v for k, v in info["attrs"].items()}}.items():
-        meta.add_row(key, fmt_value(value))
+        meta.add_row(text(key), text(fmt_value(value)))
     out.print(meta)
     for stream in info["streams"]:
-        table = Table(title=f"stream {stream['index']}: {stream['optimizer']}, {stream['records']} recorded "
-                            f"steps ({stream['skipped']} AMP-skipped)", title_justify="left")
+        table = Table(title=text(f"stream {stream['index']}: {stream['optimizer']}, {stream['records']} recorded "
+                                 f"steps ({stream['skipped']} AMP-skipped)", "table.title"), title_justify="left")
         for column in ("parameter", "shape", "numel", "kind", "module", "mask"):
             table.add_column(column, justify="right" if column == "numel" else "left")
         for p in stream["params"]:
-            table.add_row(p["name"], "×".join(map(str, p["shape"])), str(p["numel"]), p["kind"],
-                          p["module_type"], p["mask_source"])
+            table.add_row(*map(text, (p["name"], "×".join(map(str, p["shape"])), p["numel"], p["kind"],
+                                      p["module_type"], p["mask_source"])))
         out.print(table)
     if info["metrics"]:
-        table = Table(title="metrics", title_justify="left")
+        table = Table(title=text("metrics", "table.title"), title_justify="left")
         for column in ("metric", "values", "last"):
             table.add_column(column)
         for name, m in info["metrics"].items():
-            table.add_row(name, str(m["count"]), fmt(m["last"]))
+            table.add_row(text(name), text(m["count"]), text(fmt(m["last"])))
         out.print(table)
 
 

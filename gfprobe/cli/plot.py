@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import click
 
 from gfprobe.cli._common import handle_errors
-from gfprobe.cli.report import expand_runs, progress
+from gfprobe.cli.report import expand_runs, listing, progress
 from gfprobe.measures import MEASURES
+from gfprobe.outpath import check_writable
 from gfprobe.render import plots
+from gfprobe.store.reader import Unreadable, read_each
 
 
 @click.command()
@@ -28,26 +32,35 @@ from gfprobe.render import plots
 def plot(runs: tuple[Path, ...], out: Path, kind: str, measures: tuple[str, ...], metric: str, test: str) -> None:
     """Draw RUNS as a figure good enough for a paper (matplotlib: pip install 'gfprobe[plot]')."""
     plots.check_out(out)
+    check_writable(out, "--out")  # before reading: a long read must not end in a failed write
     paths = expand_runs(runs)
+    with progress(len(paths)) as on_file:
+        data, unreadable = _read(kind, paths, on_file)
+    with listing(unreadable):
+        if data:  # with no readable run there is nothing to draw
+            written = _draw(kind, data, out, measures, metric, test)
+            click.echo(f"gfprobe: wrote {written}", err=True)
+
+
+def _read(kind: str, paths: list[Path], on_file: Callable[[int], None]) -> tuple[list[Any], list[Unreadable]]:
+    """The readable runs (series over training, or summaries), and the files that are not."""
     if kind in ("layers", "measures"):
         from gfprobe.analysis.series import read_series
 
-        series = []
-        with progress(len(paths)) as on_file:
-            for index, path in enumerate(paths):
-                series.append(read_series(path))
-                on_file(index + 1)
-        written = (plots.plot_layers(series, out) if kind == "layers"
-                   else plots.plot_measures(series, out, measures or ("gf_2", "egf_2", "gf_1", "egf_1")))
-    else:
-        from gfprobe.analysis.report import build_report
+        return read_each(paths, read_series, on_file)
+    from gfprobe.analysis.report import read_report
 
-        with progress(len(paths)) as on_file:
-            summaries = build_report(paths, on_file=on_file)
-        if kind == "scatter":
-            written = plots.plot_scatter(summaries, out, metric, measures or ("gf_2", "egf_2"))
-        else:
-            from gfprobe.analysis.scsdc import compare
+    return read_report(paths, on_file=on_file)
 
-            written = plots.plot_scsdc(compare(summaries, metric, test), out, metric)
-    click.echo(f"gfprobe: wrote {written}", err=True)
+
+def _draw(kind: str, data: list[Any], out: Path, measures: tuple[str, ...], metric: str, test: str) -> Path:
+    """Draw the figure of ``kind`` from what :func:`_read` returned; the file written."""
+    if kind == "layers":
+        return plots.plot_layers(data, out)
+    if kind == "measures":
+        return plots.plot_measures(data, out, measures or ("gf_2", "egf_2", "gf_1", "egf_1"))
+    if kind == "scatter":
+        return plots.plot_scatter(data, out, metric, measures or ("gf_2", "egf_2"))
+    from gfprobe.analysis.scsdc import compare
+
+    return plots.plot_scsdc(compare(data, metric, test), out, metric)

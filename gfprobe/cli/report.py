@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -11,14 +12,16 @@ import click
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from gfprobe.analysis.correlation import METHODS
-from gfprobe.analysis.report import build_report
+from gfprobe.analysis.report import read_report
 from gfprobe.analysis.scsdc import TESTS
 from gfprobe.analysis.sections import Request, Sections, analyse
-from gfprobe.cli._common import console, format_option, handle_errors
+from gfprobe.cli._common import EXIT_BAD_INPUT, console, format_option, handle_errors
 from gfprobe.render import correlation as render_correlation
 from gfprobe.render import report as render_runs
 from gfprobe.render import scsdc as render_scsdc
 from gfprobe.render.formats import to_json
+from gfprobe.render.safe import printable
+from gfprobe.store.reader import Unreadable
 from gfprobe.summary import SUMMARIES
 
 PROGRESS_AFTER_SECONDS = 1.0
@@ -59,12 +62,30 @@ def report(runs: tuple[Path, ...], output_format: str, per_layer: bool, how: str
                       resamples=resamples)
     paths = expand_runs(runs)
     with progress(len(paths)) as on_file:
-        summaries = build_report(paths, stream_index=stream, how=how, per_layer=per_layer, on_file=on_file)
-    sections = analyse(summaries, request)
-    _render(sections, request, output_format, per_layer)
+        summaries, unreadable = read_report(paths, stream_index=stream, how=how, per_layer=per_layer,
+                                            on_file=on_file)
+    with listing(unreadable):
+        if summaries:
+            _render(analyse(summaries, request), request, output_format, per_layer, unreadable)
+        elif output_format == "json":  # still one JSON document on stdout, for scripts
+            _render(Sections(runs=[] if request.runs else None), request, output_format, per_layer, unreadable)
 
 
-def _render(sections: Sections, request: Request, output_format: str, per_layer: bool) -> None:
+@contextmanager
+def listing(unreadable: Sequence[Unreadable]) -> Iterator[None]:
+    """After the output (or an error), one line per file that could not be read on stderr; then
+    exit 2 if there was one. The readable runs are reported all the same."""
+    try:
+        yield
+    finally:
+        for item in unreadable:
+            click.echo(f"gfprobe: {printable(item)}", err=True)
+    if unreadable:
+        raise SystemExit(EXIT_BAD_INPUT)
+
+
+def _render(sections: Sections, request: Request, output_format: str, per_layer: bool,
+            unreadable: Sequence[Unreadable] = ()) -> None:
     if output_format == "json":
         payload: dict[str, object] = {}
         if sections.runs is not None:
@@ -75,6 +96,8 @@ def _render(sections: Sections, request: Request, output_format: str, per_layer:
             payload["scsdc"] = [c.to_json() for c in sections.scsdc]
             payload["pivots"] = [{"rows": r, "columns": c, "cells": [vars(cell) for cell in cells]}
                                  for (r, c), cells in sections.pivots.items()]
+        if unreadable:
+            payload["unreadable"] = [item.to_json() for item in unreadable]
         click.echo(to_json(payload))
         return
     blocks: list[tuple[str, str]] = []  # (section name, text) for csv and markdown
@@ -105,7 +128,11 @@ def _render(sections: Sections, request: Request, output_format: str, per_layer:
 
 @contextmanager
 def progress(total: int) -> Iterator[Callable[[int], None]]:
-    """A progress bar on stderr that appears only when reading takes longer than a second."""
+    """A progress bar on stderr that appears only when reading takes longer than a second, and
+    only on a terminal: redirected or captured output never depends on the machine's speed."""
+    if not _stderr_is_terminal():
+        yield lambda _: None
+        return
     started = time.monotonic()
     bar: Progress | None = None
     task = None
@@ -125,6 +152,11 @@ def progress(total: int) -> Iterator[Callable[[int], None]]:
     finally:
         if bar is not None:
             bar.stop()
+
+
+def _stderr_is_terminal() -> bool:
+    isatty = getattr(sys.stderr, "isatty", None)  # None: no stderr at all (pythonw)
+    return bool(isatty and isatty())
 
 
 def expand_runs(paths: tuple[Path, ...]) -> list[Path]:

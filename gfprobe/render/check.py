@@ -1,4 +1,7 @@
-"""Rendering of ``gfprobe check``: a rich table, JSON, GitHub workflow annotations, JUnit XML."""
+"""Rendering of ``gfprobe check``: a rich table, JSON, GitHub workflow annotations, JUnit XML.
+
+Paths and messages (which name layers) come from run files: each format gets them printable,
+then escaped by its own rules, so a file name cannot add a workflow command or break the XML."""
 
 from __future__ import annotations
 
@@ -11,7 +14,9 @@ from rich.console import Console
 from rich.table import Table
 
 from gfprobe.analysis.check import RunCheck
+from gfprobe.errors import ConfigError
 from gfprobe.render.formats import to_json
+from gfprobe.render.safe import printable, text
 
 STYLES = {"pass": "green", "fail": "bold red", "skip": "dim"}
 SYMBOLS = {"pass": "PASS", "fail": "FAIL", "skip": "skip"}
@@ -20,13 +25,14 @@ SYMBOLS = {"pass": "PASS", "fail": "FAIL", "skip": "skip"}
 def render_table(console: Console, checks: Sequence[RunCheck]) -> None:
     for check in checks:
         verdict = "all rules pass" if check.passed else f"{sum(f.status == 'fail' for f in check.findings)} rules fail"
-        table = Table(title=f"{check.path}: {verdict}", title_justify="left", box=box.SIMPLE_HEAD,
-                      pad_edge=False, collapse_padding=True)
+        table = Table(title=text(f"{check.path}: {verdict}", "table.title"), title_justify="left",
+                      box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
         table.add_column("rule", no_wrap=True)
         table.add_column("result", no_wrap=True)
         table.add_column("detail", overflow="fold")
         for finding in check.findings:
-            table.add_row(finding.rule, f"[{STYLES[finding.status]}]{SYMBOLS[finding.status]}[/]", finding.message)
+            table.add_row(text(finding.rule), text(SYMBOLS[finding.status], STYLES[finding.status]),
+                          text(finding.message))
         console.print(table)
 
 
@@ -36,9 +42,14 @@ def render_json(checks: Sequence[RunCheck]) -> str:
                              for c in checks]})
 
 
-def _escape(text: str) -> str:
-    """GitHub's workflow-command escaping of a message."""
-    return text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
+def _escape(value: str) -> str:
+    """GitHub's workflow-command escaping of a message (after making it printable)."""
+    return printable(value).replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
+
+
+def _property(value: str) -> str:
+    """GitHub's escaping of a property value (file=, title=): a message's, and ':' and ','."""
+    return _escape(value).replace(":", "%3A").replace(",", "%2C")
 
 
 def render_github(checks: Sequence[RunCheck]) -> str:
@@ -47,29 +58,36 @@ def render_github(checks: Sequence[RunCheck]) -> str:
     for check in checks:
         failures = [f for f in check.findings if f.status == "fail"]
         for f in failures:
-            lines.append(f"::error file={check.path},title=gfprobe check {f.rule}::{_escape(f.message)}")
+            lines.append(f"::error file={_property(check.path)},title={_property(f'gfprobe check {f.rule}')}::"
+                         f"{_escape(f.message)}")
         if not failures:
-            lines.append(f"::notice file={check.path},title=gfprobe check::all gradient-health rules pass")
+            lines.append(f"::notice file={_property(check.path)},title=gfprobe check::all gradient-health rules pass")
     return "\n".join(lines) + "\n"
 
 
 def write_junit(checks: Sequence[RunCheck], path: Path) -> None:
-    """A JUnit XML report: a test suite per run, a test case per rule."""
+    """A JUnit XML report: a test suite per run, a test case per rule. Text is made printable:
+    ElementTree writes control characters as they are, which XML 1.0 does not allow."""
     suites = ET.Element("testsuites", name="gfprobe check", tests=str(sum(len(c.findings) for c in checks)),
                         failures=str(sum(f.status == "fail" for c in checks for f in c.findings)))
     for check in checks:
-        suite = ET.SubElement(suites, "testsuite", name=check.path, tests=str(len(check.findings)),
+        suite = ET.SubElement(suites, "testsuite", name=printable(check.path), tests=str(len(check.findings)),
                               failures=str(sum(f.status == "fail" for f in check.findings)),
                               skipped=str(sum(f.status == "skip" for f in check.findings)))
         for finding in check.findings:
-            case = ET.SubElement(suite, "testcase", classname="gfprobe.check", name=finding.rule)
+            rule, message = printable(finding.rule), printable(finding.message)
+            case = ET.SubElement(suite, "testcase", classname="gfprobe.check", name=rule)
             if finding.status == "fail":
-                failure = ET.SubElement(case, "failure", message=finding.message, type=finding.rule)
-                failure.text = finding.message
+                failure = ET.SubElement(case, "failure", message=message, type=rule)
+                failure.text = message
             elif finding.status == "skip":
-                ET.SubElement(case, "skipped", message=finding.message)
+                ET.SubElement(case, "skipped", message=message)
             else:
                 output = ET.SubElement(case, "system-out")
-                output.text = finding.message
-    path.parent.mkdir(parents=True, exist_ok=True)
-    ET.ElementTree(suites).write(path, encoding="utf-8", xml_declaration=True)
+                output.text = message
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        ET.ElementTree(suites).write(path, encoding="utf-8", xml_declaration=True)
+    except OSError as exc:  # checked before the runs were read; this is the rare change since then
+        raise ConfigError(f"--junit {path}: cannot write it ({exc.strerror or exc}); "
+                          "choose a path you can write to") from None

@@ -10,9 +10,12 @@ from typing import Any
 from rich import box
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
-from gfprobe.analysis.correlation import GROUPS, Correlation
+from gfprobe.analysis.correlation import GROUPS, MIN_INTERVAL_RUNS, Correlation
 from gfprobe.render.formats import fmt, to_csv, to_markdown
+from gfprobe.render.layout import Build, Column, fit
+from gfprobe.render.safe import Markdown, markdown, printable, text
 
 BEST = "*"  # marks the strongest |coefficient| of a column (also bold on a colour terminal)
 SYMBOLS = {"kendall": "τ", "spearman": "ρ"}
@@ -51,32 +54,60 @@ def _title(rows: Sequence[Correlation], split: tuple[tuple[str, Any], ...]) -> s
 
 def render_table(console: Console, rows: Sequence[Correlation]) -> None:
     for split, members in _splits(rows):
-        best = _best(members)
-        measures = list(dict.fromkeys(r.measure for r in members))
-        title = _title(members, split)
-        table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False,
-                      collapse_padding=True, caption=f"{BEST} strongest |{SYMBOLS[members[0].method]}| in its "
-                      "column; [95% bootstrap interval]; p two-sided", caption_justify="left")
+        build = _table_of(members, _title(members, split))
+        for table in fit(console, build, list(dict.fromkeys(r.metric for r in members))):
+            console.print(table)
+
+
+def _table_of(members: Sequence[Correlation], title: str) -> Build[str]:
+    """The table of a chunk of metrics: a row per measure, a column per group and metric."""
+    best = _best(members)
+    cells = {(r.metric, r.group, r.measure): r for r in members}
+    measures = list(dict.fromkeys(r.measure for r in members))
+
+    def build(metrics: Sequence[str], compact: bool, sampled: bool) -> Table:  # every row: a few measures
+        table = Table(title=text(title, "table.title"), title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False,
+                      collapse_padding=True, caption=text(_caption(members), "table.caption"),
+                      caption_justify="left")
         table.add_column("measure", no_wrap=True)
-        cells = {(r.metric, r.group, r.measure): r for r in members}
-        for metric, group in _columns(members):
-            n = max((r.n for r in members if r.metric == metric and r.group == group), default=0)
-            table.add_column(f"{group} vs {metric}\nn={n}", justify="right", no_wrap=True)
-        for measure in measures:
-            row = []
-            for metric, group in _columns(members):
-                cell = cells.get((metric, group, measure))
-                row.append(_cell(cell, (metric, group, measure) in best) if cell else "–")
-            table.add_row(measure, *row, end_section=True)
-        console.print(table)
+        columns = []
+        for metric in metrics:
+            for group in GROUPS:
+                n = max((r.n for r in members if r.metric == metric and r.group == group), default=0)
+                column = [_cell(cells.get((metric, group, m)), (metric, group, m) in best) for m in measures]
+                columns.append(Column(f"{group} vs {printable(metric)}\nn={n}", column))
+                columns[-1].add_to(table, compact)
+        for i, measure in enumerate(measures):
+            table.add_row(text(measure), *(column.cells[i] for column in columns), end_section=True)
+        return table
+
+    return build
 
 
-def _cell(row: Correlation, best: bool) -> str:
-    if not math.isfinite(row.coef):
-        return "–"
-    coef = f"{row.coef:+.3f}{BEST if best else ' '}"
-    coef = f"[bold]{coef}[/bold]" if best else coef
-    return f"{coef}\n[{row.ci[0]:+.2f}, {row.ci[1]:+.2f}] \np {row.p:.2g} "
+def _caption(rows: Sequence[Correlation]) -> str:
+    notes = [f"{BEST} strongest |{SYMBOLS[rows[0].method]}| in its column", "[95% bootstrap interval]",
+             "p two-sided"]
+    return "; ".join(filter(None, [*notes, _missing_interval(rows)]))
+
+
+def _missing_interval(rows: Sequence[Correlation]) -> str:
+    """Why a coefficient has no interval ("–" in its place), or "" when every one has one."""
+    missing = [r for r in rows if math.isfinite(r.coef) and not math.isfinite(r.ci[0])]
+    if any(r.n < MIN_INTERVAL_RUNS for r in missing):
+        return f"– no interval: it needs at least {MIN_INTERVAL_RUNS} runs"
+    return "– no interval (--resamples 0)" if missing else ""
+
+
+def _cell(row: Correlation | None, best: bool) -> Text:
+    if row is None or not math.isfinite(row.coef):
+        return Text("–")
+    coef = Text(f"{row.coef:+.3f}{BEST if best else ' '}", style="bold" if best else "")
+    return Text.assemble(coef, f"\n{_interval(row)} \np {row.p:.2g} ")
+
+
+def _interval(row: Correlation) -> str:
+    low, high = row.ci
+    return f"[{low:+.2f}, {high:+.2f}]" if math.isfinite(low) and math.isfinite(high) else "–"
 
 
 def _flat(rows: Sequence[Correlation]) -> tuple[list[str], list[list[Any]]]:
@@ -110,8 +141,10 @@ def render_markdown(rows: Sequence[Correlation]) -> str:
                 if cell is None or not math.isfinite(cell.coef):
                     line.append("–")
                     continue
-                text = f"{cell.coef:+.3f} [{cell.ci[0]:+.2f}, {cell.ci[1]:+.2f}] p={cell.p:.2g}"
-                line.append(f"**{text}**" if (metric, group, measure) in best else text)
+                value = f"{cell.coef:+.3f} {_interval(cell)} p={cell.p:.2g}"
+                line.append(Markdown(f"**{value}**" if (metric, group, measure) in best else value))
             body.append(line)
-        parts.append(f"**{_title(members, split)}** (bold: strongest in its column)\n\n{to_markdown(header, body)}")
+        note = _missing_interval(members)
+        parts.append(f"**{markdown(_title(members, split))}** (bold: strongest in its column)\n\n"
+                     f"{to_markdown(header, body)}" + (f"\n{note}\n" if note else ""))
     return "\n".join(parts)

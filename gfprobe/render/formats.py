@@ -1,4 +1,5 @@
-"""Format-neutral helpers shared by every renderer."""
+"""Format-neutral helpers shared by every renderer. Text from run files is data: every helper
+here makes it printable (see ``safe``), and CSV and Markdown cells cannot break their table."""
 
 from __future__ import annotations
 
@@ -10,14 +11,15 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-from rich.table import Table
+
+from gfprobe.render.safe import Markdown, markdown, printable
 
 FORMATS = ("table", "json", "csv", "markdown")
 _BARS = "▁▂▃▄▅▆▇█"
 
 
 def fmt(value: Any) -> str:
-    """Numbers to 4 significant digits, NaN/None as a dash."""
+    """Numbers to 4 significant digits, NaN/None as a dash, anything else as printable text."""
     if value is None:
         return "–"
     if isinstance(value, bool | np.bool_):
@@ -26,7 +28,7 @@ def fmt(value: Any) -> str:
         return str(int(value))
     if isinstance(value, float | np.floating):
         return "–" if not math.isfinite(float(value)) else f"{float(value):.4g}"
-    return str(value)
+    return printable(value)
 
 
 def sparkline(values: np.ndarray, width: int = 16) -> str:
@@ -42,15 +44,25 @@ def sparkline(values: np.ndarray, width: int = 16) -> str:
     return "".join(_BARS[round(s * (len(_BARS) - 1))] for s in scaled)
 
 
-def add_number_columns(table: Table, headers: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
-    """Right-aligned columns as wide as their widest cell, so rich never cuts a number."""
-    for i, header in enumerate(headers):
-        width = max([len(header), *(len(row[i]) for row in rows)])
-        table.add_column(header, justify="right", no_wrap=True, min_width=width)
-
-
 def to_json(payload: Any) -> str:
-    return json.dumps(payload, indent=2, allow_nan=False, default=_json_default)
+    """Strict JSON: NaN and infinities, which JSON has no words for, become null (a run's
+    attributes may hold them: ``record --attr lr=NaN``)."""
+    return json.dumps(_finite(payload), indent=2, allow_nan=False, default=_json_default)
+
+
+def _finite(value: Any) -> Any:
+    """``value`` with NumPy values made plain and non-finite floats made None, at any depth."""
+    if isinstance(value, np.ndarray):
+        value = value.tolist()
+    elif isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k if isinstance(k, str) else str(k): _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
 
 
 def _json_default(value: Any) -> Any:
@@ -64,7 +76,7 @@ def _json_default(value: Any) -> Any:
 def to_csv(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(header)
+    writer.writerow([printable(c) for c in header])
     writer.writerows([[_csv_cell(c) for c in row] for row in rows])
     return out.getvalue()
 
@@ -72,10 +84,17 @@ def to_csv(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 def _csv_cell(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return ""
-    return value
+    if value is None or isinstance(value, int | float | np.number | np.bool_):
+        return value
+    return printable(value)
 
 
 def to_markdown(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(fmt(c) for c in row) + " |" for row in rows]
+    """A Markdown table; cells are escaped as plain text unless they are ``Markdown`` already."""
+    lines = ["| " + " | ".join(map(_md_cell, header)) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in rows]
     return "\n".join(lines) + "\n"
+
+
+def _md_cell(value: Any) -> str:
+    return value if isinstance(value, Markdown) else markdown(fmt(value))

@@ -9,6 +9,7 @@ from rich.console import Console
 from rich.table import Table
 
 from gfprobe.render.formats import to_json
+from gfprobe.render.safe import text
 from gfprobe.study.capacity import PairPlan
 
 
@@ -29,7 +30,7 @@ def render_table(console: Console, pairs: Sequence[PairPlan]) -> None:
         for column in ("layer", "sparse shape", "dense shape", "active (both)", "sparse density"):
             table.add_column(column, justify="left" if column in ("layer",) else "right", no_wrap=True)
         for layer in pair.layers:
-            table.add_row(layer.name, _shape(layer.sparse_shape), _shape(layer.dense_shape),
+            table.add_row(text(layer.name), _shape(layer.sparse_shape), _shape(layer.dense_shape),
                           f"{layer.dense_active:,}", f"{layer.sparse_density:.4f}")
         density = pair.sparse_active_total / pair.sparse_numel_total
         table.add_row("total", f"{pair.sparse_numel_total:,}", "", f"{pair.dense_active_total:,}",

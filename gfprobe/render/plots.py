@@ -26,6 +26,8 @@ from gfprobe.analysis.report import RunSummary
 from gfprobe.analysis.scsdc import Comparison
 from gfprobe.analysis.series import RunSeries
 from gfprobe.errors import ConfigError, GfprobeError
+from gfprobe.render.safe import printable
+from gfprobe.summary import describe
 
 KINDS = ("layers", "measures", "scatter", "scsdc")
 FORMATS = (".png", ".svg")
@@ -48,6 +50,7 @@ def _pyplot() -> Any:
 
 
 def check_out(out: Path) -> None:
+    """Refuse an image type other than .png or .svg, before any run is read."""
     if out.suffix.lower() not in FORMATS:
         raise ConfigError(f"--out {out}: unsupported image type {out.suffix or '(none)'!r}; use .png or .svg")
 
@@ -60,7 +63,12 @@ def _save(fig: Any, out: Path) -> Path:
 
 
 def _label(path: Path) -> str:
-    return path.name.removesuffix(".h5")
+    return _plain(path.name.removesuffix(".h5"))
+
+
+def _plain(value: object) -> str:
+    """Text from a run file as matplotlib shows it: printable, and ``$`` never starts mathtext."""
+    return printable(value).replace("$", r"\$")
 
 
 def _log_axis(ax: Any, axis: str = "y") -> None:
@@ -114,7 +122,7 @@ def plot_layers(series: Sequence[RunSeries], out: Path) -> Path:
         for j, name in enumerate(run.layers):
             values = np.where(run.layer_l2[:, j] > 0, run.layer_l2[:, j], np.nan)
             raw = ax.plot(run.steps, values, lw=0.6, alpha=0.25)
-            ax.plot(run.steps, smooth(values, window), lw=1.4, color=raw[0].get_color(), label=name)
+            ax.plot(run.steps, smooth(values, window), lw=1.4, color=raw[0].get_color(), label=_plain(name))
         _log_axis(ax)
         ax.set_title(_label(run.path), loc="left")
         ax.set_xlabel("optimizer step")
@@ -175,6 +183,7 @@ def plot_scatter(runs: Sequence[RunSummary], out: Path, metric: str = "test_acc"
     if not any(metric in run.metrics for run in runs):
         raise ConfigError(f"no run has a metric {metric!r} to plot against; choose one with --metric")
     fig, axes = _grid(len(measures), width=3.8, height=3.2)
+    how = "; ".join(dict.fromkeys(describe(r.how, r.points, short=True) for r in runs))  # the summary on x
     for ax, measure in zip(axes, measures, strict=True):
         taus = []
         for group in ("sparse", "dense", None):
@@ -188,15 +197,15 @@ def plot_scatter(runs: Sequence[RunSummary], out: Path, metric: str = "test_acc"
             tau = rank_correlation(x, y, "kendall", resamples=0)[0]
             taus.append(f"τ {group or 'runs'} {tau:+.2f}" if math.isfinite(tau) else f"τ {group or 'runs'} –")
         _log_axis(ax, "x")
-        ax.set_xlabel(f"{measure} (11-point mean)")
-        ax.set_ylabel(metric)
+        ax.set_xlabel(f"{measure} ({how})")
+        ax.set_ylabel(_plain(metric))
         ax.set_title(f"{measure}: " + ", ".join(taus), loc="left")
         ax.legend(loc="best")
     return _save(fig, out)
 
 
 def _tick(value: Any) -> str:
-    return f"{value:g}" if isinstance(value, float) else str(value)
+    return f"{value:g}" if isinstance(value, float) else _plain(value)
 
 
 def plot_scsdc(comparisons: Sequence[Comparison], out: Path, metric: str = "test_acc") -> Path:
@@ -230,9 +239,10 @@ def plot_scsdc(comparisons: Sequence[Comparison], out: Path, metric: str = "test
                 top = max(c.sparse.acc_mean + (c.sparse.acc_std or 0), c.dense.acc_mean)  # type: ignore[union-attr]
                 ax.text(position, top, "*", ha="center", va="bottom")
         ax.set_xticks(positions, [_tick(c.config.get(x_key) if x_key else "") for c in members])
-        ax.set_xlabel("density of the pair" if x_key == "pair_density" else (x_key or ""))
-        ax.set_ylabel(f"{metric} (mean ± std)")
-        ax.set_title(" ".join(f"{k}={v}" for k, v in zip(panel_keys, key, strict=True)) or "all runs", loc="left")
+        ax.set_xlabel("density of the pair" if x_key == "pair_density" else _plain(x_key or ""))
+        ax.set_ylabel(f"{_plain(metric)} (mean ± std)")
+        ax.set_title(_plain(" ".join(f"{k}={v}" for k, v in zip(panel_keys, key, strict=True)) or "all runs"),
+                     loc="left")
     low = min(min(c.sparse.acc_mean, c.dense.acc_mean) for c in rows)  # type: ignore[union-attr]
     axes[0].set_ylim(max(0.0, low - 0.1), None)
     shown_note = f"first {MAX_PANELS} of {len(panels)} settings; " if len(panels) > MAX_PANELS else ""

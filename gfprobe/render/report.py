@@ -8,12 +8,18 @@ from pathlib import Path
 from typing import Any
 
 from rich import box
+from rich.cells import cell_len
 from rich.console import Console
 from rich.table import Table
 
 from gfprobe.analysis.report import RunSummary
 from gfprobe.measures import MEASURES
-from gfprobe.render.formats import add_number_columns, fmt, sparkline, to_csv, to_json, to_markdown
+from gfprobe.render.formats import fmt, sparkline, to_csv, to_json, to_markdown
+from gfprobe.render.layout import Column, Label, fit
+from gfprobe.render.safe import markdown, printable, text
+from gfprobe.summary import describe
+
+SHORT = ("gf_1", "gf_2", "egf_1", "egf_2", "egf_1/N", "egf_2/N")  # the measures' table headers
 
 
 def _metric_names(runs: Sequence[RunSummary]) -> list[str]:
@@ -41,11 +47,17 @@ def render_csv(runs: Sequence[RunSummary]) -> str:
 
 def render_markdown(runs: Sequence[RunSummary], per_layer: bool = False) -> str:
     names = _metric_names(runs)
-    text = to_markdown(_header(runs), [_row(run, names) for run in runs])
+    out = f"**Gradient flow: {markdown(summary_of(runs))}**\n\n"
+    out += to_markdown(_header(runs), [_row(run, names) for run in runs])
     if per_layer:
         for run in runs:
-            text += f"\n**{run.path}**\n\n" + to_markdown(*_layer_rows(run))
-    return text
+            out += f"\n**{markdown(run.path)}**\n\n" + to_markdown(*_layer_rows(run))
+    return out
+
+
+def summary_of(runs: Sequence[RunSummary]) -> str:
+    """How the report's runs were summarised, in words (the same for every run of one report)."""
+    return "; ".join(dict.fromkeys(describe(run.how, run.points) for run in runs)) or describe()
 
 
 def _layer_rows(run: RunSummary) -> tuple[list[str], list[list[Any]]]:
@@ -56,9 +68,10 @@ def _layer_rows(run: RunSummary) -> tuple[list[str], list[list[Any]]]:
 
 
 def _table(title: str) -> Table:
-    """The report's table style: compact enough for an 80-column terminal, title never wrapped."""
-    return Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False,
-                 collapse_padding=True, min_width=len(title))
+    """The report's table style: compact enough for an 80-column terminal, title never wrapped
+    when the terminal is wide enough for it."""
+    return Table(title=text(title, "table.title"), title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False,
+                 collapse_padding=True, min_width=cell_len(printable(title)))
 
 
 def run_labels(runs: Sequence[RunSummary]) -> tuple[list[str], str]:
@@ -81,34 +94,50 @@ def run_labels(runs: Sequence[RunSummary]) -> tuple[list[str], str]:
 
 def render_table(console: Console, runs: Sequence[RunSummary], per_layer: bool = False) -> None:
     labels, prefix = run_labels(runs)
+    labels = [label + ("" if run.status == "complete" else f" ({run.status})")
+              for label, run in zip(labels, runs, strict=True)]
     runs_note = f" (runs {prefix}*)" if prefix else ""
-    table = _table(f"Gradient flow: mean over 11 evenly spaced recorded steps{runs_note}")
-    headers = ("steps", "layers", "gf_1", "gf_2", "egf_1", "egf_2", "egf_1/N", "egf_2/N")
-    rows = [[fmt(run.steps) + (f" +{run.skipped} skipped" if run.skipped else ""), fmt(run.layers),
-             *(fmt(run.measures[m]) for m in MEASURES)] for run in runs]
-    # Numbers are never cut; on a narrow terminal the run names are shortened with an ellipsis.
-    table.add_column("run", overflow="ellipsis", min_width=8)
-    add_number_columns(table, headers, rows)
-    for label, run, cells in zip(labels, runs, rows, strict=True):
-        status = "" if run.status == "complete" else f" ({run.status})"
-        table.add_row(label + status, *cells)
-    console.print(table)
-    names = _metric_names(runs)
-    trend = _table("egf_2 over training (log scale) and metrics (last / best)")
-    rows = [[sparkline(run.series["egf_2"]),
-             *(f"{fmt(run.metrics[m]['last'])} / {fmt(run.metrics[m]['best'])}" if m in run.metrics else "–"
-               for m in names)] for run in runs]
-    trend.add_column("run", overflow="ellipsis", min_width=8)
-    add_number_columns(trend, ("egf_2 trend", *names), rows)
-    for label, cells in zip(labels, rows, strict=True):
-        trend.add_row(label, *cells)
-    console.print(trend)
+    _print(console, f"Gradient flow: {summary_of(runs)}{runs_note}", labels, _measure_columns(runs))
+    _print(console, "egf_2 over training (log scale) and metrics (last / best)", labels, _trend_columns(runs))
     if per_layer:
         for label, run in zip(labels, runs, strict=True):
             header, rows = _layer_rows(run)
-            layer_table = _table(f"{label}: weight layers")
-            for i, column in enumerate(header):
-                layer_table.add_column(column, justify="left" if i < 2 else "right")
-            for row in rows:
-                layer_table.add_row(*(fmt(c) for c in row))
-            console.print(layer_table)
+            columns = [Column(name, [fmt(row[i]) for row in rows], "left" if name == "shape" else "right")
+                       for i, name in enumerate(header[1:], 1)]
+            _print(console, f"{label}: weight layers", [fmt(row[0]) for row in rows], columns, "layer")
+
+
+def _measure_columns(runs: Sequence[RunSummary]) -> list[Column]:
+    steps = [fmt(run.steps) + (f" +{run.skipped} skipped" if run.skipped else "") for run in runs]
+    return [Column("steps", steps), Column("layers", [fmt(run.layers) for run in runs]),
+            *(Column(name, [fmt(run.measures[m]) for run in runs]) for m, name in zip(MEASURES, SHORT, strict=True))]
+
+
+def _trend_columns(runs: Sequence[RunSummary]) -> list[Column]:
+    def last_best(run: RunSummary, metric: str) -> str:
+        values = run.metrics.get(metric)
+        return f"{fmt(values['last'])} / {fmt(values['best'])}" if values else "–"
+
+    return [Column("egf_2 trend", [sparkline(run.series["egf_2"]) for run in runs]),
+            *(Column(m, [last_best(run, m) for run in runs]) for m in _metric_names(runs))]
+
+
+def _print(console: Console, title: str, labels: Sequence[str], columns: Sequence[Column],
+           label_header: str = "run") -> None:
+    """A table of labelled rows; columns that do not fit the terminal go on to further tables."""
+    cells = [Label(label) for label in labels]
+    # Columns but the labels' have fixed widths: the label that shrinks least sets the narrowest.
+    sample = [max(range(len(cells)), key=lambda i: cells[i].measurement.minimum)] if cells else []
+
+    def build(chunk: Sequence[Column], compact: bool, sampled: bool) -> Table:
+        table = _table(title if not chunk or chunk[0] is columns[0] else f"{title} (continued)")
+        # Numbers are never cut; on a narrow terminal the labels are shortened with an ellipsis.
+        table.add_column(label_header, overflow="ellipsis", min_width=8)
+        for column in chunk:
+            column.add_to(table, compact)
+        for i in sample if sampled else range(len(cells)):
+            table.add_row(cells[i], *(column.cells[i] for column in chunk))
+        return table
+
+    for table in fit(console, build, columns):
+        console.print(table)

@@ -8,12 +8,15 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from rich import box
+from rich.cells import cell_len
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
 from gfprobe.analysis.scsdc import ALPHA, Cell, Comparison, Side
-from gfprobe.render.formats import add_number_columns, fmt, to_csv, to_markdown
+from gfprobe.render.formats import fmt, to_csv, to_markdown
+from gfprobe.render.layout import HEADER_WORD, Build, Column, fit, header
+from gfprobe.render.safe import Markdown, markdown, text
 from gfprobe.study import names
 
 MARK = "*"  # p <= ALPHA (also bold on a colour terminal)
@@ -94,9 +97,9 @@ def _counts(row: Comparison) -> str:
     return f"{row.sparse.n if row.sparse else 0}/{row.dense.n if row.dense else 0}"
 
 
-def _heading(console: Console, text: str) -> None:
+def _heading(console: Console, line: str) -> None:
     # Printed apart from the table: a table's title would wrap to the table's (narrow) width.
-    console.print(Text(text, style="italic"))
+    console.print(text(line, "italic"))
 
 
 def render_table(console: Console, rows: Sequence[Comparison], pivots: Mapping[tuple[str, str], Sequence[Cell]],
@@ -109,25 +112,48 @@ def render_table(console: Console, rows: Sequence[Comparison], pivots: Mapping[t
                       "H1 sparse > dense")
     ordered = sorted(rows, key=lambda r: _sort_key(r, varying))
     usual = max((_counts(r) for r in rows), key=[_counts(r) for r in rows].count)
-    cells = [[_acc(r.sparse), _acc(r.dense), _diff(r.diff), _p(r.p), _egf(r.sparse), _egf(r.dense)] for r in ordered]
-    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
-    # The configuration is its values alone; the header names them (and may fold on a narrow terminal).
-    labels = [" ".join(fmt(r.config.get(k)) for k in varying) or "all runs" for r in ordered]
-    table.add_column(" ".join(varying) or "configuration", overflow="fold", min_width=max(map(len, labels)))
-    add_number_columns(table, ("sparse", "dense", "diff", "p", "egf_2 s", "egf_2 d"), cells)
-    table.add_column("note", overflow="fold")
-    for row, label, values in zip(ordered, labels, cells, strict=True):
-        significant = math.isfinite(row.p) and row.p <= ALPHA
-        note = ", ".join(filter(None, [row.note, "" if _counts(row) == usual else f"runs {_counts(row)}"]))
-        table.add_row(label, *values, note, style="bold" if significant else None)
-    console.print(table)
-    console.print(Text(f"{metric}: mean±std over seeds ({usual} sparse/dense runs unless noted); egf_2 s/d: mean "
+    notes = [", ".join(filter(None, [r.note, "" if _counts(r) == usual else f"runs {_counts(r)}"])) for r in ordered]
+    for table in fit(console, _config_table(ordered, varying, notes), _config_columns(ordered, notes)):
+        console.print(table)
+    console.print(text(f"{metric}: mean±std over seeds ({usual} sparse/dense runs unless noted); egf_2 s/d: mean "
                        f"egf_2 of each side; {MARK} p ≤ {ALPHA}; common to all: {_label(common, list(common))}",
-                       style="dim"))
+                       "dim"))
     for (rows_key, columns_key), pivot_cells in pivots.items():
         console.print()
         _heading(console, f"SC-SDC p-values, {rows_key} × {columns_key} ({test}; a cell pools its configurations)")
-        console.print(_pivot_table(rows_key, columns_key, pivot_cells))
+        for table in _pivot_tables(console, rows_key, columns_key, pivot_cells):
+            console.print(table)
+
+
+def _config_columns(ordered: Sequence[Comparison], notes: Sequence[str]) -> list[Column]:
+    cells = [[_acc(r.sparse), _acc(r.dense), _diff(r.diff), _p(r.p), _egf(r.sparse), _egf(r.dense)] for r in ordered]
+    names = ("sparse", "dense", "diff", "p", "egf_2 s", "egf_2 d")
+    return [*(Column(name, [row[i] for row in cells]) for i, name in enumerate(names)),
+            Column("note", notes, "left", wrap=True)]
+
+
+def _config_table(ordered: Sequence[Comparison], varying: Sequence[str], notes: Sequence[str]) -> Build[Column]:
+    """The table of a chunk of the per-configuration columns, configurations as rows."""
+    # A configuration is its values alone; the header names them, one per line.
+    labels = [" ".join(fmt(r.config.get(k)) for k in varying) or "all runs" for r in ordered]
+    names = "\n".join(varying) or "configuration"
+    width = max([*map(cell_len, labels), min(max(map(cell_len, names.split("\n"))), HEADER_WORD)])
+
+    # Every column but the notes has a fixed width: the note with the longest word sets the narrowest.
+    sample = [max(range(len(notes)), key=lambda i: max(map(cell_len, notes[i].split()), default=0))]
+
+    def build(chunk: Sequence[Column], compact: bool, sampled: bool) -> Table:
+        table = Table(box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
+        table.add_column(header(names, width), width=width)  # never shrunk: the note column is
+        for column in chunk:
+            column.add_to(table, compact)
+        for i in sample if sampled else range(len(ordered)):
+            significant = math.isfinite(ordered[i].p) and ordered[i].p <= ALPHA
+            table.add_row(text(labels[i]), *(text(column.cells[i]) for column in chunk),
+                          style="bold" if significant else None)
+        return table
+
+    return build
 
 
 def _ordered(values: set[Any], key: str) -> list[Any]:
@@ -141,34 +167,41 @@ def _grid(rows_key: str, columns_key: str, cells: Sequence[Cell]) -> tuple[list[
     return rows, columns, {(c.row, c.column): c for c in cells}
 
 
-def _pivot_table(rows_key: str, columns_key: str, cells: Sequence[Cell]) -> Table:
+def _pivot_tables(console: Console, rows_key: str, columns_key: str, cells: Sequence[Cell]) -> list[Table]:
     rows, columns, by_key = _grid(rows_key, columns_key, cells)
-    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
-    table.add_column(rows_key, no_wrap=True)
-    for column in columns:
-        table.add_column(str(column), justify="right", no_wrap=True)
-    for row in rows:
-        values = []
-        for column in columns:
-            cell = by_key.get((row, column))
-            text = _p(cell.p) if cell else "–"
-            values.append(f"[bold]{text}[/bold]" if cell and math.isfinite(cell.p) and cell.p <= ALPHA else text)
-        table.add_row(str(row), *values)
-    return table
+
+    def build(chunk: Sequence[Any], compact: bool, sampled: bool) -> Table:  # every row: a few values
+        table = Table(box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
+        table.add_column(text(rows_key), no_wrap=True)
+        pivot = [Column(fmt(column), [_pivot_cell(by_key.get((row, column))) for row in rows]) for column in chunk]
+        for column in pivot:
+            column.add_to(table, compact)
+        for i, row in enumerate(rows):
+            table.add_row(text(fmt(row)), *(column.cells[i] for column in pivot))
+        return table
+
+    return fit(console, build, columns)
+
+
+def _pivot_cell(cell: Cell | None) -> Text:
+    if cell is None:
+        return Text("–")
+    significant = math.isfinite(cell.p) and cell.p <= ALPHA
+    return Text(_p(cell.p), style="bold" if significant else "")
 
 
 def _config_rows(rows: Sequence[Comparison]) -> tuple[list[str], list[list[Any]]]:
     keys = list(dict.fromkeys(k for row in rows for k in row.config))
-    header = [*keys, *(f"{side}_{field}" for side in ("sparse", "dense") for field in ("n", "acc_mean", "acc_std",
-                                                                                        "egf_2")),
-              "diff", "p", "test", "note"]
+    names = [*keys, *(f"{side}_{field}" for side in ("sparse", "dense") for field in ("n", "acc_mean", "acc_std",
+                                                                                       "egf_2")),
+             "diff", "p", "test", "note"]
     body = []
     for row in rows:
         sides: list[Any] = []
         for side in (row.sparse, row.dense):
             sides += [side.n, side.acc_mean, side.acc_std, side.egf_2] if side else [None] * 4
         body.append([*(row.config.get(k) for k in keys), *sides, row.diff, row.p, row.test, row.note])
-    return header, body
+    return names, body
 
 
 def render_csv(rows: Sequence[Comparison], pivots: Mapping[tuple[str, str], Sequence[Cell]]) -> str:
@@ -187,21 +220,21 @@ def render_markdown(rows: Sequence[Comparison], pivots: Mapping[tuple[str, str],
     varying, common = varying_keys(rows)
     test = TEST_NAMES[rows[0].test]
     body = [[_label(r.config, varying), _side(r.sparse), _side(r.dense), r.sparse.egf_2 if r.sparse else None,
-             r.dense.egf_2 if r.dense else None, _diff(r.diff), _p(r.p), r.note]
+             r.dense.egf_2 if r.dense else None, _diff(r.diff), Markdown(_p(r.p)), r.note]
             for r in sorted(rows, key=lambda r: _sort_key(r, varying))]
-    text = (f"**SC-SDC: {metric}, one-sided {test} (H1 sparse > dense)**; common to all: "
-            f"{_label(common, list(common))}\n\n"
-            + to_markdown(["configuration", "sparse", "dense", "egf_2 sparse", "egf_2 dense", "diff", "p", "note"],
-                          body))
+    out = (f"**SC-SDC: {markdown(metric)}, one-sided {test} (H1 sparse > dense)**; common to all: "
+           f"{markdown(_label(common, list(common)))}\n\n"
+           + to_markdown(["configuration", "sparse", "dense", "egf_2 sparse", "egf_2 dense", "diff", "p", "note"],
+                         body))
     for (rows_key, columns_key), cells in pivots.items():
         row_values, columns, by_key = _grid(rows_key, columns_key, cells)
         grid = [[row, *(_bold_p(by_key.get((row, c))) for c in columns)] for row in row_values]
-        text += f"\n**p-values, {rows_key} × {columns_key}** (bold: p ≤ {ALPHA})\n\n"
-        text += to_markdown([rows_key, *map(str, columns)], grid)
-    return text
+        out += f"\n**p-values, {markdown(rows_key)} × {markdown(columns_key)}** (bold: p ≤ {ALPHA})\n\n"
+        out += to_markdown([rows_key, *map(str, columns)], grid)
+    return out
 
 
-def _bold_p(cell: Cell | None) -> str:
+def _bold_p(cell: Cell | None) -> Markdown:
     if cell is None or not math.isfinite(cell.p):
-        return "–"
-    return f"**{cell.p:.3f}**" if cell.p <= ALPHA else f"{cell.p:.3f}"
+        return Markdown("–")
+    return Markdown(f"**{cell.p:.3f}**" if cell.p <= ALPHA else f"{cell.p:.3f}")

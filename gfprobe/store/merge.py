@@ -24,6 +24,7 @@ import numpy as np
 from gfprobe.errors import RunFileError
 from gfprobe.store import schema
 from gfprobe.store.reader import ParamTable, RunFile, StreamData, open_run
+from gfprobe.store.validate import short_error
 from gfprobe.store.writer import ParamInfo, RunWriter, StepBlock
 
 # Fields combined by maximum; every other statistic is a sum or a count and adds over shards.
@@ -60,7 +61,10 @@ def merge(paths: Sequence[Path], out: Path) -> MergeResult:
     metadata = {k: v for k, v in first["metadata"].items()
                 if k not in ("rank", "sharded", "status", "format", "schema_version", "end_time", "error")}
     metadata.update(merged_ranks=len(runs), world_size=len(runs))
-    writer = RunWriter(out, metadata, first["attrs"])
+    try:
+        writer = RunWriter(out, metadata, first["attrs"])
+    except (OSError, ValueError, TypeError) as exc:
+        raise _unwritable(out, first["path"], exc) from exc
     result = MergeResult(out, len(runs))
     try:
         for index, streams in enumerate(zip(*(r["streams"] for r in runs), strict=True)):
@@ -72,12 +76,22 @@ def merge(paths: Sequence[Path], out: Path) -> MergeResult:
         writer.append_metrics(first["metrics"])
         status = _merged_status([r["metadata"].get("status") for r in runs])
         writer.close(status, {"end_time": first["metadata"].get("end_time", "")})
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(Exception):  # never leave a half-merged file that looks whole
             writer.close("failed", {})
         out.unlink(missing_ok=True)
+        if isinstance(exc, OSError | ValueError | TypeError):
+            raise _unwritable(out, first["path"], exc) from exc
         raise
     return result
+
+
+def _unwritable(out: Path, source: Path, exc: Exception) -> RunFileError:
+    """Why the merged run could not be written: the disk, or a value read from the first rank
+    file that HDF5 cannot store again (text with a NUL byte, from a damaged attribute)."""
+    if isinstance(exc, OSError):
+        return RunFileError(f"{out}: cannot be written ({short_error(exc)})")
+    return RunFileError(f"{source}: a value in it cannot be copied into {out} ({short_error(exc)})")
 
 
 def _merged_status(statuses: list[Any]) -> str:
@@ -94,27 +108,35 @@ def _read_ranks(paths: Sequence[Path]) -> list[dict[str, Any]]:
     for path in paths:
         with open_run(path, shards_ok=True) as run:
             runs.append(_read_one(run))
-    world = {r["metadata"].get("world_size") for r in runs}
-    ranks = sorted(r["metadata"].get("rank") for r in runs)
     if any(not r["metadata"].get("sharded") for r in runs):
         plain = next(p for p, r in zip(paths, runs, strict=True) if not r["metadata"].get("sharded"))
         raise RunFileError(f"{plain}: not a rank file of a sharded run; only those are merged")
+    # Opening checked that a rank file's rank and world size are whole numbers.
+    world = {r["metadata"].get("world_size") for r in runs}
+    ranks = sorted(r["metadata"].get("rank") for r in runs)
     size = int(world.pop() or 0) if len(world) == 1 else None
     if size is None or ranks != list(range(size)):
         expected = f"0..{size - 1}" if size else "0..N-1 of one world size"
-        raise RunFileError(f"the rank files are ranks {ranks}; merging needs exactly one file of each rank "
-                           f"{expected} of one run")
+        raise RunFileError(f"{_listed(paths)}: the rank files are ranks {ranks}; merging needs exactly one file "
+                           f"of each rank {expected} of one run")
     names = {tuple(tuple(s.params.names) for s in r["streams"]) for r in runs}
     if len(names) != 1:
-        raise RunFileError("the rank files hold different optimizers or parameters; they are not one run")
+        raise RunFileError(f"{_listed(paths)}: the rank files hold different optimizers or parameters; "
+                           "they are not one run")
     return sorted(runs, key=lambda r: int(r["metadata"]["rank"]))
+
+
+def _listed(paths: Sequence[Path], most: int = 3) -> str:
+    """The files a message is about: all of a few, the first of many."""
+    names = ", ".join(map(str, paths[:most]))
+    return names if len(paths) <= most else f"{names}, ... ({len(paths)} files)"
 
 
 def _read_one(run: RunFile) -> dict[str, Any]:
     metrics = [(name, int(s), float(t), float(v))
                for name, m in run.metrics().items()
                for s, t, v in zip(m.steps, m.times, m.values, strict=True)]
-    return {"metadata": run.metadata, "attrs": run.attrs, "metrics": metrics,
+    return {"path": run.path, "metadata": run.metadata, "attrs": run.attrs, "metrics": metrics,
             "streams": [run.stream(i) for i in range(run.n_streams)]}
 
 
@@ -124,13 +146,21 @@ def _merge_stream(index: int, streams: Sequence[StreamData]) -> tuple[StepBlock,
     for s in streams[1:]:
         common = np.intersect1d(common, s.steps)
     every = np.unique(np.concatenate([s.steps for s in streams]))
-    rows = [np.searchsorted(s.steps, common) for s in streams]  # steps are recorded in order
+    rows = [_rows_of(s.steps, common) for s in streams]
     stats = np.stack([_combine(field, [s.stats[field][r] for s, r in zip(streams, rows, strict=True)])
                       for field in schema.STAT_FIELDS], axis=1)
     times = np.max([s.times[r] for s, r in zip(streams, rows, strict=True)], axis=0)
     skipped = np.max([s.skipped[r] for s, r in zip(streams, rows, strict=True)], axis=0)
     block = StepBlock(index, common.astype(np.int64), times, skipped.astype(np.uint8), stats)
     return block, int(len(every) - len(common))
+
+
+def _rows_of(steps: np.ndarray, wanted: np.ndarray) -> np.ndarray:
+    """The row of each wanted step (its first). Steps are recorded in order, but a damaged file's
+    need not be: looking them up among the sorted unique steps finds them either way."""
+    unique, first = np.unique(steps, return_index=True)
+    rows: np.ndarray = first[np.searchsorted(unique, wanted)]
+    return rows
 
 
 def _combine(field: str, shards: list[np.ndarray]) -> np.ndarray:

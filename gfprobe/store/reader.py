@@ -1,23 +1,37 @@
-"""The only code that reads run files. Never imports torch.
+"""The only code that reads run files (validate.py checks each one as it is opened). Never
+imports torch.
 
 Files are opened in SWMR read mode, so a run that is still writing, or whose process was
-killed, reads back up to its last flush.
+killed, reads back up to its last flush. Every failure to read a file is a RunFileError that
+names it.
 """
 
 from __future__ import annotations
 
-import json
-from collections.abc import Iterator
+import contextlib
+import ctypes
+import functools
+import os
+import stat
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import h5py
 import numpy as np
 
 from gfprobe.errors import RunFileError
 from gfprobe.store import schema
+from gfprobe.store.validate import Layout, Problem, short_error, validate
+
+P = ParamSpec("P")
+R = TypeVar("R")
+T = TypeVar("T")
+# What h5py and NumPy raise on a file whose contents are damaged (RecursionError is a RuntimeError).
+_READ_ERRORS = (OSError, KeyError, ValueError, TypeError, IndexError, RuntimeError)
+SWMR_READ_ATTEMPTS = 20
 
 
 @dataclass(frozen=True)
@@ -68,40 +82,48 @@ def _shape(text: str) -> tuple[int, ...]:
     return tuple(int(d) for d in text.split("x")) if text else ()
 
 
-def _attr(value: Any) -> Any:
-    if isinstance(value, bytes):
-        value = value.decode("utf-8", "replace")
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, str) and value[:1] in "[{":
-        try:
-            return json.loads(value)
-        except ValueError:
-            return value
-    return value
+def _reading(what: str) -> Callable[[Callable[Concatenate[RunFile, P], R]], Callable[Concatenate[RunFile, P], R]]:
+    """Turn the h5py/NumPy errors of a read method into a RunFileError naming the file."""
+
+    def decorate(method: Callable[Concatenate[RunFile, P], R]) -> Callable[Concatenate[RunFile, P], R]:
+        @functools.wraps(method)
+        def wrapper(self: RunFile, /, *args: P.args, **kwargs: P.kwargs) -> R:
+            try:
+                return method(self, *args, **kwargs)
+            except _READ_ERRORS as exc:
+                raise RunFileError(f"{self.path}: damaged run file: cannot read its {what} "
+                                   f"({short_error(exc)})") from exc
+
+        return wrapper
+
+    return decorate
 
 
 class RunFile:
     """An open run file. Use :func:`open_run` as a context manager."""
 
-    def __init__(self, path: Path, handle: h5py.File) -> None:
+    def __init__(self, path: Path, handle: h5py.File, layout: Layout) -> None:
         self.path = path
         self._f = handle
-        self._owners: np.ndarray | None = None
+        self._layout = layout
 
     @property
     def metadata(self) -> dict[str, Any]:
-        return {k: _attr(v) for k, v in self._f.attrs.items()}
+        """Root attributes as plain data (read once, when the file was opened)."""
+        return dict(self._layout.metadata)
 
     @property
     def attrs(self) -> dict[str, Any]:
-        return {k: _attr(v) for k, v in self._f["attrs"].attrs.items()}
+        """The user's run attributes as plain data (read once, when the file was opened)."""
+        return dict(self._layout.attrs)
 
     @property
+    @_reading("optimizer streams")
     def n_streams(self) -> int:
         return int(self._f["streams"]["optimizer"].shape[0])
 
     @property
+    @_reading("recorded steps")
     def n_records(self) -> int:
         """Recorded steps of all streams, the rows still in the tail of a running file included."""
         return self._table_extent([f"steps/{c}" for c in schema.STEP_COLUMNS], schema.RECORDS_TAIL_ROW)[2]
@@ -133,14 +155,14 @@ class RunFile:
         rest = tail[:n_tail, cells] if tail.ndim == 2 else tail[:n_tail]
         return np.concatenate([first, rest])
 
+    @_reading("optimizer streams")
     def stream_names(self) -> list[str]:
         return _text(self._f["streams"]["optimizer"][:])
 
     def _stream_columns(self, stream: int) -> np.ndarray:
-        if self._owners is None:  # read once: stream() and params() both need it
-            self._owners = self._f["params"]["stream"][:]
-        return np.flatnonzero(self._owners == stream)
+        return np.flatnonzero(self._layout.owners == stream)
 
+    @_reading("parameter table")
     def params(self, stream: int = 0) -> ParamTable:
         cols = self._stream_columns(stream)
         p = self._f["params"]
@@ -157,6 +179,7 @@ class RunFile:
             mask_sources=_text(column("mask_source")),
         )
 
+    @_reading("statistics")
     def stream(self, index: int = 0, fields: tuple[str, ...] = schema.STAT_FIELDS) -> StreamData:
         """Read one stream; only the statistics named in ``fields`` are read from disk."""
         if not 0 <= index < max(self.n_streams, 1):
@@ -193,6 +216,7 @@ class RunFile:
             stats=stats,
         )
 
+    @_reading("metrics")
     def metrics(self) -> dict[str, Metric]:
         names = _text(self._f["metrics"]["names"][:])
         paths = [f"metrics/{c}" for c in schema.METRIC_COLUMNS]
@@ -207,25 +231,48 @@ class RunFile:
 
 @contextmanager
 def open_run(path: str | Path, shards_ok: bool = False) -> Iterator[RunFile]:
-    """Open and validate a run file, turning every low-level failure into one clear message.
+    """Open and validate a run file, turning every failure to do so into one clear message.
 
+    Only opening and validating are guarded here: the RunFile's read methods name the file in
+    their own errors, and an exception raised in the caller's ``with`` body passes through as it is.
     A rank file of a sharded run holds one rank's share of each gradient: measures computed from
     it alone would be wrong, so it opens only with ``shards_ok`` (for merging and inspecting).
     """
     p = Path(path)
-    if not p.exists():
-        raise RunFileError(f"{p}: no such file; pass the path of a run file written by 'gfprobe record'")
-    if p.is_dir():
-        raise RunFileError(f"{p}: is a folder; pass the run files inside it (e.g. {p}/*.h5)")
+    _check_file(p)
     handle = _open_handle(p)
     try:
-        _validate(p, handle)
+        layout = _validate(p, handle)
         if not shards_ok:
-            _refuse_shard(p, handle)
-        yield RunFile(p, handle)
-    except (KeyError, OSError, ValueError) as exc:
-        raise RunFileError(f"{p}: damaged run file ({_short(exc)})") from exc
+            _refuse_shard(p, layout.metadata)
+    except BaseException:
+        _close(handle)
+        raise
+    try:
+        yield RunFile(p, handle, layout)
     finally:
+        _close(handle)
+
+
+def _check_file(path: Path) -> None:
+    """Refuse what is not a regular file from its status alone: opening a FIFO would block."""
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        raise RunFileError(f"{path}: no such file; pass the path of a run file written by 'gfprobe record'") from None
+    except OSError as exc:
+        raise RunFileError(f"{path}: cannot be read ({short_error(exc)})") from None
+    if stat.S_ISDIR(mode):
+        raise RunFileError(f"{path}: is a folder; pass the run files inside it (e.g. {path}/*.h5)")
+    if not stat.S_ISREG(mode):
+        raise RunFileError(f"{path}: not a regular file (a pipe, socket or device); pass a run file")
+    if not os.access(path, os.R_OK):
+        raise RunFileError(f"{path}: cannot be read (permission denied)")
+
+
+def _close(handle: h5py.File) -> None:
+    # A read-only handle loses nothing on close; a failure there must not hide the caller's error.
+    with contextlib.suppress(*_READ_ERRORS):
         handle.close()
 
 
@@ -235,8 +282,8 @@ def _open_handle(path: Path) -> h5py.File:
     running or was killed; those are exactly the files SWMR mode reads safely."""
     try:
         return h5py.File(path, "r")
-    except OSError as exc:
-        message = _short(exc)
+    except _READ_ERRORS as exc:
+        message = short_error(exc)
         if not h5py.is_hdf5(path):  # asked only after a failure: it costs an open of its own
             raise RunFileError(f"{path}: not an HDF5 file (truncated or another format); "
                                "pass a gfprobe run file") from exc
@@ -244,34 +291,63 @@ def _open_handle(path: Path) -> h5py.File:
             kind = "truncated" if "truncated" in message else "damaged"
             raise RunFileError(f"{path}: {kind} HDF5 file ({message}); it cannot be read") from exc
     try:
-        return h5py.File(path, "r", swmr=True)
-    except OSError as exc:
-        raise RunFileError(f"{path}: cannot be read as HDF5 ({_short(exc)}); the file is damaged") from exc
+        return _open_swmr(path)
+    except _READ_ERRORS as exc:
+        raise RunFileError(f"{path}: cannot be read as HDF5 ({short_error(exc)}); the file is damaged") from exc
 
 
-def _validate(path: Path, f: h5py.File) -> None:
-    fmt = _attr(f.attrs.get("format", ""))
-    if fmt != schema.FORMAT_NAME:
-        raise RunFileError(
-            f"{path}: an HDF5 file, but not a gfprobe run file (no 'format' attribute '{schema.FORMAT_NAME}')"
-        )
-    version = int(f.attrs.get("schema_version", -1))
-    if version > schema.SCHEMA_VERSION:
-        raise RunFileError(
-            f"{path}: written with run-file schema {version}, newer than this gfprobe reads "
-            f"({schema.SCHEMA_VERSION}); upgrade gfprobe"
-        )
-    if version < 1:
-        raise RunFileError(f"{path}: unknown run-file schema {version}")
-    missing = [g for g in ("params", "streams", "steps", "stats", "metrics", "attrs") if g not in f]
-    if missing:
-        raise RunFileError(f"{path}: damaged run file, missing groups {', '.join(missing)}")
+def _open_swmr(path: Path) -> h5py.File:
+    """Open in SWMR read mode, retrying a metadata read whose checksum fails only a few times.
+
+    A SWMR reader retries such a read because the writer may be rewriting that metadata; HDF5's
+    default, 100 tries with exponential backoff, turns one damaged byte into a wait of many
+    minutes. ``SWMR_READ_ATTEMPTS`` tries wait milliseconds, far longer than a write takes.
+    """
+    fapl = h5py.h5p.create(h5py.h5p.FILE_ACCESS)
+    set_attempts = _metadata_read_attempts_setter()
+    if set_attempts is not None:
+        set_attempts(fapl.id, SWMR_READ_ATTEMPTS)
+    fid = h5py.h5f.open(os.fsencode(path), h5py.h5f.ACC_RDONLY | h5py.h5f.ACC_SWMR_READ, fapl)
+    return h5py.File(fid)
 
 
-def _refuse_shard(path: Path, f: h5py.File) -> None:
-    if not _attr(f.attrs.get("sharded", False)):
+@functools.cache
+def _metadata_read_attempts_setter() -> Callable[[int, int], int] | None:
+    """HDF5's H5Pset_metadata_read_attempts, which h5py does not wrap, from the copy of the
+    library h5py uses (found among the libraries this process mapped: Linux only). None if it
+    cannot be found for sure; SWMR reads then keep HDF5's default."""
+    try:
+        with open("/proc/self/maps") as maps:
+            paths = sorted({line.split()[-1] for line in maps if "/libhdf5" in line and "_hl" not in line})
+    except OSError:
+        return None
+    probe = h5py.h5p.create(h5py.h5p.FILE_ACCESS)
+    for path in paths:
+        try:
+            lib = ctypes.CDLL(path)
+            set_block, set_attempts = lib.H5Pset_meta_block_size, lib.H5Pset_metadata_read_attempts
+        except (OSError, AttributeError):
+            continue
+        set_block.argtypes, set_attempts.argtypes = [ctypes.c_int64, ctypes.c_uint64], [ctypes.c_int64, ctypes.c_uint]
+        # Another copy of HDF5 would read the id as one of its own: prove it is h5py's copy first.
+        if set_block(probe.id, 4099) >= 0 and probe.get_meta_block_size() == 4099:
+            return set_attempts
+    return None
+
+
+def _validate(path: Path, f: h5py.File) -> Layout:
+    try:
+        return validate(f)
+    except Problem as exc:
+        raise RunFileError(f"{path}: {exc}") from None
+    except _READ_ERRORS as exc:
+        raise RunFileError(f"{path}: damaged run file ({short_error(exc)})") from exc
+
+
+def _refuse_shard(path: Path, metadata: dict[str, Any]) -> None:
+    if not metadata.get("sharded"):
         return
-    rank, world = _attr(f.attrs.get("rank", "?")), _attr(f.attrs.get("world_size", "?"))
+    rank, world = metadata.get("rank", "?"), metadata.get("world_size", "?")
     from gfprobe.store.merge import merged_name  # merge imports this module
 
     whole = merged_name(path)
@@ -282,5 +358,38 @@ def _refuse_shard(path: Path, f: h5py.File) -> None:
     )
 
 
-def _short(exc: BaseException) -> str:
-    return str(exc).split("\n")[0].strip() or type(exc).__name__
+@dataclass(frozen=True)
+class Unreadable:
+    """A run file that could not be read, and why."""
+
+    path: str
+    error: str  # the problem, without the path
+
+    @classmethod
+    def of(cls, path: str | Path, exc: RunFileError) -> Unreadable:
+        return cls(str(path), str(exc).removeprefix(f"{path}: "))
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.error}"
+
+    def to_json(self) -> dict[str, str]:
+        return {"path": self.path, "error": self.error}
+
+
+def read_each(paths: Iterable[Path], read: Callable[[Path], T],
+              on_file: Callable[[int], None] | None = None) -> tuple[list[T], list[Unreadable]]:
+    """``read`` every file; one that cannot be read is listed, and the others are still read.
+
+    A study with a crashed or half-copied run is normal: its other runs are worth a report.
+    ``on_file(n)`` is called after each file (n files done so far).
+    """
+    values: list[T] = []
+    unreadable: list[Unreadable] = []
+    for done, path in enumerate(paths, start=1):
+        try:
+            values.append(read(path))
+        except RunFileError as exc:
+            unreadable.append(Unreadable.of(path, exc))
+        if on_file is not None:
+            on_file(done)
+    return values, unreadable
