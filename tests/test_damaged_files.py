@@ -17,6 +17,7 @@ import shutil
 import tempfile
 import traceback
 import warnings
+import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -408,6 +409,22 @@ def test_bug_one_bad_file_stopped_the_check_of_a_folder(study: tuple[Path, list[
     payload = json.loads(invoke(["check", folder, "--format", "json"]).stdout)
     assert payload["passed"] is False and [r["path"] for r in payload["runs"]] == [str(p) for p in good]
     assert [u["path"] for u in payload["unreadable"]] == [str(p) for p in bad]
+
+
+def test_unreadable_files_are_failed_checks_in_github_annotations_and_junit(
+        study: tuple[Path, list[Path], list[Path]], tmp_path: Path) -> None:
+    """CI shows annotations and JUnit, not stderr: an unreadable run must not look like a pass there."""
+    folder, good, bad = study
+    junit = tmp_path / "check.xml"
+    result = invoke(["check", folder, "--format", "github", "--junit", junit], named=bad[0])
+    assert result.exit_code == 2
+    errors = [line for line in result.stdout.splitlines() if "title=gfprobe check readable::" in line]
+    assert [line.split("file=")[1].split(",title=")[0] for line in errors] == [str(p) for p in bad]
+    suites = {suite.get("name"): suite for suite in ET.parse(junit).getroot()}
+    for path in bad:
+        failure = suites[str(path)].find("testcase/failure")
+        assert failure is not None and failure.get("type") == "readable"
+    assert all(str(p) in suites for p in good)
 
 
 def test_bug_one_bad_file_stopped_the_plot_of_a_folder(study: tuple[Path, list[Path], list[Path]],

@@ -78,7 +78,7 @@ def study(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[dict[str
 def report_json(folder: Path, *args: str) -> dict[str, object]:
     result = CliRunner().invoke(main, ["report", str(folder), "--format", "json", *args])
     assert result.exit_code == 0, result.output
-    loaded: dict[str, object] = json.loads(result.stdout)  # stderr may hold a progress bar on a slow machine
+    loaded: dict[str, object] = json.loads(result.stdout)
     return loaded
 
 
@@ -187,7 +187,6 @@ def test_golden_report_sections(study: tuple[Path, list[dict[str, object]]], mon
     path = GOLDEN / f"report-{name}"
     if update_golden:
         path.write_text(result.stdout)
-    # stdout only: reading that takes over a second (a loaded machine) shows a progress bar on stderr.
     assert result.stdout == path.read_text()
 
 

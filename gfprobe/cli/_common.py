@@ -27,8 +27,13 @@ class UserError(click.ClickException):
         self.exit_code = exit_code  # type: ignore[misc]  # click declares it on the class
 
     def show(self, file: Any = None) -> None:
-        # Messages name paths and values read from files: shown, never obeyed by the terminal.
-        click.echo(f"gfprobe: {printable(self.format_message())}", err=True)
+        say(self.format_message())
+
+
+def say(message: str) -> None:
+    """One ``gfprobe:`` line on stderr. Messages name paths and values read from files: they are
+    shown, never obeyed, by the terminal (or a CI log)."""
+    click.echo(f"gfprobe: {printable(message)}", err=True)
 
 
 def handle_errors(func: F) -> F:

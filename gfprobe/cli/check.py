@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 
 import click
 
-from gfprobe.analysis.check import RunCheck, check_each
+from gfprobe.analysis.check import Finding, RunCheck, check_each
 from gfprobe.analysis.check_config import DESCRIPTIONS, load_config
 from gfprobe.cli._common import EXIT_BAD_INPUT, console, handle_errors
 from gfprobe.cli.report import expand_runs, listing
@@ -19,6 +19,7 @@ from gfprobe.render.formats import to_json
 from gfprobe.store.reader import Unreadable
 
 EXIT_FAILED = 1
+READABLE_RULE = "readable"  # the check an unreadable file fails in annotations and JUnit
 
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -34,18 +35,24 @@ def emit(checks: list[RunCheck], output_format: str, junit: Path | None,
          unreadable: Sequence[Unreadable] = ()) -> int:
     """Print the results; write JUnit XML if asked; return the exit code (2 when some file could
     not be read, which outranks a failing rule: that run's health is unknown)."""
+    # CI reads annotations and JUnit, not stderr: there an unreadable file is a failed check of its own.
+    annotated = checks + [_unreadable_check(item) for item in unreadable]
     if output_format == "json":
         click.echo(_json(checks, unreadable))
     elif output_format == "github":
-        if checks:  # with none, not even an empty line: the unreadable files are listed on stderr
-            click.echo(render.render_github(checks), nl=False)
+        if annotated:
+            click.echo(render.render_github(annotated), nl=False)
     else:
         render.render_table(console(), checks)
     if junit is not None:
-        render.write_junit(checks, junit)
+        render.write_junit(annotated, junit)
     if unreadable:
         return EXIT_BAD_INPUT
     return 0 if all(c.passed for c in checks) else EXIT_FAILED
+
+
+def _unreadable_check(item: Unreadable) -> RunCheck:
+    return RunCheck(item.path, [Finding(READABLE_RULE, "fail", f"unreadable run file: {item.error}")])
 
 
 def _json(checks: list[RunCheck], unreadable: Sequence[Unreadable]) -> str:

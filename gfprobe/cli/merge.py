@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from gfprobe.cli._common import handle_errors
+from gfprobe.cli._common import handle_errors, say
 from gfprobe.store.merge import merge as merge_files
 from gfprobe.store.merge import merged_name
 
@@ -30,4 +30,4 @@ def merge(rank_files: tuple[Path, ...], out: Path | None) -> None:
     result = merge_files(list(rank_files), target)
     dropped = sum(result.dropped)
     note = f"; {dropped} steps not recorded by every rank were left out" if dropped else ""
-    click.echo(f"gfprobe: merged {result.ranks} ranks, {sum(result.steps)} steps, into {target}{note}", err=True)
+    say(f"merged {result.ranks} ranks, {sum(result.steps)} steps, into {target}{note}")

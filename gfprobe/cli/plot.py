@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from gfprobe.cli._common import handle_errors
+from gfprobe.cli._common import handle_errors, say
 from gfprobe.cli.report import expand_runs, listing, progress
 from gfprobe.measures import MEASURES
 from gfprobe.outpath import check_writable
@@ -39,7 +39,7 @@ def plot(runs: tuple[Path, ...], out: Path, kind: str, measures: tuple[str, ...]
     with listing(unreadable):
         if data:  # with no readable run there is nothing to draw
             written = _draw(kind, data, out, measures, metric, test)
-            click.echo(f"gfprobe: wrote {written}", err=True)
+            say(f"wrote {written}")
 
 
 def _read(kind: str, paths: list[Path], on_file: Callable[[int], None]) -> tuple[list[Any], list[Unreadable]]:

@@ -10,7 +10,7 @@ from gfprobe import launcher
 from gfprobe.analysis.check import check_runs
 from gfprobe.analysis.check_config import load_config
 from gfprobe.analysis.report import build_report
-from gfprobe.cli._common import UserError, handle_errors
+from gfprobe.cli._common import UserError, handle_errors, say
 from gfprobe.cli.check import config_option, emit
 from gfprobe.errors import GfprobeError
 from gfprobe.outpath import check_writable
@@ -62,9 +62,9 @@ def record(out: str | None, force: bool, every: int, masks: str, metrics: tuple[
     if not result.files and not result.notes:
         raise _nothing_recorded(command, result)
     for note in result.notes:
-        click.echo(f"gfprobe: {note}", err=True)
+        say(note)
     for path in result.files:
-        click.echo(f"gfprobe: {_describe(path)}", err=True)
+        say(_describe(path))
     if config is None or result.exit_code != 0:
         raise SystemExit(result.exit_code)
     raise SystemExit(emit(check_runs(result.files, config), "table", None))

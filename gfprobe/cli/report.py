@@ -15,12 +15,11 @@ from gfprobe.analysis.correlation import METHODS
 from gfprobe.analysis.report import read_report
 from gfprobe.analysis.scsdc import TESTS
 from gfprobe.analysis.sections import Request, Sections, analyse
-from gfprobe.cli._common import EXIT_BAD_INPUT, console, format_option, handle_errors
+from gfprobe.cli._common import EXIT_BAD_INPUT, UserError, console, format_option, handle_errors, say
 from gfprobe.render import correlation as render_correlation
 from gfprobe.render import report as render_runs
 from gfprobe.render import scsdc as render_scsdc
 from gfprobe.render.formats import to_json
-from gfprobe.render.safe import printable
 from gfprobe.store.reader import Unreadable
 from gfprobe.summary import SUMMARIES
 
@@ -79,7 +78,7 @@ def listing(unreadable: Sequence[Unreadable]) -> Iterator[None]:
         yield
     finally:
         for item in unreadable:
-            click.echo(f"gfprobe: {printable(item)}", err=True)
+            say(str(item))
     if unreadable:
         raise SystemExit(EXIT_BAD_INPUT)
 
@@ -166,7 +165,7 @@ def expand_runs(paths: tuple[Path, ...]) -> list[Path]:
         if path.is_dir():
             found = sorted(path.rglob("*.h5"))
             if not found:
-                raise click.UsageError(f"{path}: folder holds no .h5 run files")
+                raise UserError(f"{path}: folder holds no .h5 run files; pass a folder of run files or the files")
             out.extend(found)
         else:
             out.append(path)

@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from gfprobe.cli._common import UserError, console, format_option, handle_errors
+from gfprobe.cli._common import UserError, console, format_option, handle_errors, say
 from gfprobe.errors import ConfigError, GfprobeError
 from gfprobe.outpath import check_writable_folder
 from gfprobe.render import plan as render_plan
@@ -108,7 +108,7 @@ def run(preset: str | None, config_path: Path | None, out: str | Path, jobs: int
                f"run files: {out / runner.RUNS_DIR}/", err=True)
     if outcome.failed:
         for run_id, reason in sorted(outcome.failed.items()):
-            click.echo(f"gfprobe: run {run_id} failed: {reason}", err=True)
+            say(f"run {run_id} failed: {reason}")
         raise UserError(f"{len(outcome.failed)} runs failed; fix the cause and rerun the same command to redo them",
                         exit_code=1)
 
@@ -130,7 +130,7 @@ def _report(files: list[Path], out: Path) -> None:
         figures = [plots.plot_scsdc(sections.scsdc or [], out / "plots" / "scsdc.png"),
                    plots.plot_scatter(summaries, out / "plots" / "scatter.png")]
     except GfprobeError as exc:  # matplotlib is optional: the tables stand without the figures
-        click.echo(f"gfprobe: no figures ({exc})", err=True)
+        say(f"no figures ({exc})")
         return
     click.echo(f"figures: {', '.join(str(f) for f in figures)}; more with 'gfprobe plot {out / runner.RUNS_DIR}'",
                err=True)
