@@ -6,12 +6,14 @@ works from run files alone.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
-
+# typing's flag without importing typing (mypy reads any name TYPE_CHECKING as True): this file
+# imports nothing, so a Ctrl-C while ``gfprobe`` starts lands in Python's start-up or after the
+# command line has set its handler, not in a traceback through gfprobe (see console.py).
+TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Mapping
     from pathlib import Path
+    from typing import Any
 
     import torch
 
@@ -20,13 +22,15 @@ if TYPE_CHECKING:
     from gfprobe.errors import GfprobeError
     from gfprobe.schedule import Schedule, every
 
-# Importing gfprobe runs nothing but this file: the ``gfprobe`` command sets its Ctrl-C handler
-# right after, and a script that only calls ``gfprobe.log`` pays for what it uses.
+# Importing gfprobe runs nothing but this file: a script that only calls ``gfprobe.log`` pays for
+# what it uses.
 _LAZY = {"log": "gfprobe.capture.session", "GfprobeError": "gfprobe.errors", "every": "gfprobe.schedule"}
 
 
 def __getattr__(name: str) -> Any:
     if name in _LAZY:
+        import importlib
+
         value = getattr(importlib.import_module(_LAZY[name]), name)
         globals()[name] = value  # once
         return value

@@ -13,7 +13,7 @@ from gfprobe.cli.plot import plot
 from gfprobe.cli.record import record
 from gfprobe.cli.report import report
 from gfprobe.cli.scsdc import scsdc
-from gfprobe.console import EXIT_INTERRUPTED
+from gfprobe.console import EXIT_INTERRUPTED, restore_keyboard_interrupt
 
 
 class _Commands(click.Group):
@@ -21,6 +21,7 @@ class _Commands(click.Group):
     A command that can say more (``scsdc run``: how to resume) catches it first."""
 
     def invoke(self, ctx: click.Context) -> object:
+        restore_keyboard_interrupt()  # click's own parsing ran under the quiet handler
         try:
             return super().invoke(ctx)
         except KeyboardInterrupt:
