@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from gfprobe.store.reserve import DiskFullError
 from gfprobe.store.writer import ParamInfo, RunWriter, StepBlock
 
 log = logging.getLogger("gfprobe")
@@ -169,11 +170,35 @@ class Recorder:
 
     def _fail(self, exc: BaseException, writer: RunWriter | None) -> None:
         self.failed = exc
-        log.warning("gfprobe: recording stopped after an internal error (%s: %s); training goes on",
-                    type(exc).__name__, exc)
-        if writer is not None:
-            with contextlib.suppress(BaseException):
-                writer.close("failed", {"end_time": _iso(time.time()), "error": f"{type(exc).__name__}: {exc}"})
+        path = self.path or self.requested_path
+        if isinstance(exc, DiskFullError):
+            why = f"no space left on the disk of {path}; the steps written so far are kept and the file stays readable"
+        elif _write_failed(exc):
+            why = f"writing {path} failed ({_one_line(exc)})"
+        else:
+            why = f"an internal error ({type(exc).__name__}: {_one_line(exc)})"
+        log.warning("gfprobe: recording stopped: %s; training goes on", why)
+        if writer is None:
+            return
+        if _write_failed(exc):
+            writer.abandon()
+            return
+        with contextlib.suppress(BaseException):
+            writer.close("failed", {"end_time": _iso(time.time()), "error": f"{type(exc).__name__}: {exc}"})
+
+
+def _write_failed(exc: BaseException) -> bool:
+    """An I/O error inside HDF5 (h5py raises OSError or RuntimeError with HDF5's message), after
+    which closing the file normally would only fail again. A full disk is caught before that
+    (DiskFullError, nothing written) where the file system can reserve space."""
+    if isinstance(exc, DiskFullError):
+        return False
+    return isinstance(exc, OSError) or (isinstance(exc, RuntimeError) and "write failed" in str(exc))
+
+
+def _one_line(exc: BaseException) -> str:
+    """HDF5's messages hold newlines (a timestamp's): one warning is one line."""
+    return " ".join(str(exc).split())
 
 
 def _iso(t: float) -> str:

@@ -76,6 +76,18 @@ class GrowingTable:
     def rows(self) -> int:
         return self._n_main + self._n_pending
 
+    @property
+    def pending_bytes(self) -> int:
+        """Uncompressed size of the rows not yet in the file: what the next flush writes, at most."""
+        return sum(block.nbytes for blocks in self._pending.values() for block in blocks)
+
+    def drop_unflushed(self) -> None:
+        """Forget the rows no flush has written yet; rows already in the tail stay readable there."""
+        if self._tail_written < self._n_pending:
+            self._pending = {path: [np.concatenate(blocks)[: self._tail_written]] if blocks else []
+                             for path, blocks in self._pending.items()}
+            self._n_pending = self._tail_written
+
     def widen(self, width: int) -> None:
         """Give the wide columns ``width`` cells per row; new cells hold the column's fill."""
         if width <= self._width:

@@ -13,6 +13,7 @@ a file no reader can open (see publish.py for how creation avoids the same windo
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -26,6 +27,7 @@ import numpy as np
 
 from gfprobe.store import schema
 from gfprobe.store.publish import WriteLock, publish, temp_path
+from gfprobe.store.reserve import DiskFullError, SpaceReserve
 from gfprobe.store.table import Column, GrowingTable, create_table
 
 
@@ -92,15 +94,18 @@ class RunWriter:
         temp = temp_path(path)
         temp.unlink(missing_ok=True)  # left by an earlier process with this pid
         self._file = h5py.File(temp, "x", libver="latest")
+        self._space = SpaceReserve(temp)  # the same file once published: a hard link
         try:
+            self._space.ensure(len(json.dumps({**metadata, **attrs}, default=str)) * 2)
             self._write_header(metadata, attrs)
             self._create_layout()
             self._file.swmr_mode = True  # writes the header and layout to disk
-            self.path = _publish_free(temp, path)
+            self.path = self._space.path = _publish_free(temp, path)
             self._lock = WriteLock(self.path)
         except BaseException:
             self._file.close()
             temp.unlink(missing_ok=True)
+            self._space.release()
             raise
         self._records = GrowingTable(self._file, _record_columns(), schema.RECORDS_TAIL_ROW)
         self._metrics = GrowingTable(self._file, _metric_columns(), schema.METRICS_TAIL_ROW)
@@ -138,6 +143,7 @@ class RunWriter:
         """Register an optimizer's parameters as new columns; returns the stream index."""
         stream = len(self._stream_cols)
         first, last = self._n_params, self._n_params + len(params)
+        self._space.ensure(_PARAM_ROW_BYTES * len(params))
         _append(self._file["streams"]["optimizer"], [_encode(optimizer, schema.STREAM_COLUMNS["optimizer"])])
         columns = {
             "name": [_encode(p.name, schema.PARAM_COLUMNS["name"]) for p in params],
@@ -181,19 +187,58 @@ class RunWriter:
                               "metrics/time": np.array([r[2] for r in rows]),
                               "metrics/value": np.array([r[3] for r in rows])})
 
+    def _pending_bytes(self) -> int:
+        return self._records.pending_bytes + self._metrics.pending_bytes
+
     def flush(self) -> None:
-        """Make every appended row durable and visible to SWMR readers."""
+        """Make every appended row durable and visible to SWMR readers.
+
+        Raises:
+            DiskFullError: the disk has no room for these rows; nothing was written, and the
+                file reads back as after the previous flush.
+        """
+        # Twice the rows: each is written once now (to a whole chunk or the tail) and the
+        # tail's once more when the file closes, which must fit even on a full disk.
+        self._space.ensure(2 * self._pending_bytes())
         self._records.flush()
         self._metrics.flush()
         self._file.flush()
 
     def close(self, status: str, end_metadata: Mapping[str, Any]) -> None:
-        """Write the last rows, stamp the final status, and close. The tail keeps no row."""
+        """Write the last rows, stamp the final status, and close. The tail keeps no row.
+
+        On a full disk the rows no flush has written are left out: the rest fits in the reserve.
+        """
+        try:
+            self._space.ensure(self._pending_bytes())
+        except DiskFullError:
+            self._records.drop_unflushed()
+            self._metrics.drop_unflushed()
         self._records.flush(final=True)
         self._metrics.flush(final=True)
         _stamp(self._file, status, end_metadata)
         self._file.close()
         self._lock.release()
+        self._space.release()
+
+
+    def abandon(self) -> None:
+        """Close after a write failed, writing nothing more.
+
+        HDF5 retries its failed writes when the file is closed and again at interpreter exit
+        (seen on a full disk without a reserve: errors at exit, then a segfault, exit code 139),
+        so its descriptor is pointed at /dev/null first. The file keeps what reached it.
+        """
+        with contextlib.suppress(Exception):
+            null = os.open(os.devnull, os.O_RDWR)
+            try:
+                os.dup2(null, self._file.id.get_vfd_handle())
+            finally:
+                os.close(null)
+        with contextlib.suppress(Exception):
+            self._file.close()
+        self._lock.release()
+        self._space.release()
 
 
 def _stamp(f: h5py.File, status: str, end_metadata: Mapping[str, Any]) -> None:
@@ -209,11 +254,19 @@ def stamp_outcome(path: Path, status: str | None, end_metadata: Mapping[str, Any
     Opened straight into SWMR-write mode, never plain read-write: killed halfway, the file
     still opens for readers. ``status`` None keeps the file's own.
     """
-    fapl = h5py.h5p.create(h5py.h5p.FILE_ACCESS)
-    fapl.set_libver_bounds(h5py.h5f.LIBVER_LATEST, h5py.h5f.LIBVER_LATEST)
-    fid = h5py.h5f.open(os.fsencode(path), h5py.h5f.ACC_RDWR | h5py.h5f.ACC_SWMR_WRITE, fapl)
-    with h5py.File(fid) as f:
-        _stamp(f, status if status is not None else str(f.attrs.get("status", "unknown")), end_metadata)
+    space = SpaceReserve(path)
+    try:
+        space.ensure(0)  # DiskFullError on a full disk, before the file is touched
+        fapl = h5py.h5p.create(h5py.h5p.FILE_ACCESS)
+        fapl.set_libver_bounds(h5py.h5f.LIBVER_LATEST, h5py.h5f.LIBVER_LATEST)
+        fid = h5py.h5f.open(os.fsencode(path), h5py.h5f.ACC_RDWR | h5py.h5f.ACC_SWMR_WRITE, fapl)
+        with h5py.File(fid) as f:
+            _stamp(f, status if status is not None else str(f.attrs.get("status", "unknown")), end_metadata)
+    finally:
+        space.release()
+
+
+_PARAM_ROW_BYTES = sum(np.dtype(dtype).itemsize for dtype in schema.PARAM_COLUMNS.values())
 
 
 def _append(ds: h5py.Dataset, values: Any) -> None:

@@ -31,6 +31,8 @@ try:  # the first statement, so that even the imports are covered
         p.add_argument("--release", type=Path, help="the file whose existence ends the hold")
         p.add_argument("--end", choices=["clean", "exit3", "raise"], default="clean")
         p.add_argument("--watch-out", help="record with gfprobe.watch(model, opt, out=WATCH_OUT)")
+        p.add_argument("--no-fallocate", action="store_true",
+                       help="with --watch-out: gfprobe as on a file system without fallocate (no disk reserve)")
         args = p.parse_args()
         if args.pid_file:
             write_pid(args.pid_file)
@@ -48,6 +50,10 @@ try:  # the first statement, so that even the imports are covered
         if args.watch_out is not None:
             import gfprobe
 
+            if args.no_fallocate:
+                import gfprobe.store.reserve
+
+                gfprobe.store.reserve._FALLOCATE = None
             probe = gfprobe.watch(model, opt, out=args.watch_out)
         step = 0
         while args.forever or step < args.steps:
