@@ -11,6 +11,7 @@ even by SIGKILL (Linux's parent-death signal; see ``bootstrap/lifeline.py``).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -20,7 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
@@ -40,10 +41,6 @@ DEFAULT_DIR = Path("gfprobe-runs")
 
 class CommandNotFound(GfprobeError):
     """The command to record does not exist or is not executable."""
-
-
-class NothingRecorded(GfprobeError):
-    """The command ran, but never stepped a torch optimizer."""
 
 
 @dataclass(frozen=True)
@@ -158,27 +155,51 @@ def run(command: Sequence[str], options: RecordOptions) -> RecordResult:
     argv, env, out = prepare(command, options)
     out.parent.mkdir(parents=True, exist_ok=True)
     started = time.time()
-    with tempfile.TemporaryDirectory(prefix="gfprobe-") as private:
-        ledger = Path(private) / "ledger.jsonl"
-        env["GFPROBE_RECORD"] = json.dumps(dict(json.loads(env["GFPROBE_RECORD"]), ledger=str(ledger)))
+    with _private_ledger() as ledger:
+        if ledger is not None:
+            env["GFPROBE_RECORD"] = json.dumps(dict(json.loads(env["GFPROBE_RECORD"]), ledger=str(ledger)))
         with _relay_signals() as relay:
             child = subprocess.Popen(argv, env=env, preexec_fn=lifeline.bind_to_parent(os.getpid()))
             relay.child = child
             code = child.wait()
         failures = _read_ledger(ledger)
     exit_code = 128 - code if code < 0 else code  # killed by signal N: 128+N, like a shell
+    try:
+        written, notes = _finish_run_files(out, started, exit_code)
+    except Exception as exc:  # a file vanishing under us must not cost the command's exit code
+        written, notes = [], [f"could not finish the run files of {out}: {exc}"]
+    return RecordResult(exit_code, written, notes, failures)
+
+
+def _finish_run_files(out: Path, started: float, exit_code: int) -> tuple[list[Path], list[str]]:
+    """Tidy up after the command: temporaries of dead processes, rank files, the exit code."""
     remove_stale_temps(out)
     files, notes = _consolidate_shards(out, started)
     written = files + _written_files(out, started)
     notes += _stamp_exit_code(written, exit_code)
-    return RecordResult(exit_code, written, notes, failures)
+    return written, notes
 
 
-def _read_ledger(ledger: Path) -> list[str]:
+@contextlib.contextmanager
+def _private_ledger() -> Iterator[Path | None]:
+    """A file in a private folder where the command's processes say why they recorded nothing;
+    None where no temporary folder can be made (a full or read-only /tmp): the command runs anyway."""
+    try:
+        folder = tempfile.TemporaryDirectory(prefix="gfprobe-", ignore_cleanup_errors=True)
+    except OSError:
+        yield None
+        return
+    with folder as private:
+        yield Path(private) / "ledger.jsonl"
+
+
+def _read_ledger(ledger: Path | None) -> list[str]:
     """The failures the command's processes reported (see ``autoattach._tell_launcher``)."""
+    if ledger is None:
+        return []
     try:
         lines = ledger.read_text(encoding="utf-8", errors="replace").splitlines()
-    except FileNotFoundError:
+    except OSError:
         return []
     failures = []
     for line in lines:
@@ -218,7 +239,7 @@ def _consolidate_shards(out: Path, since: float) -> tuple[list[Path], list[str]]
     The rank files are removed once merged, unless some steps were not recorded by every rank
     (a rank died): then they are kept, since the merged file leaves those steps out.
     """
-    rank_files = [p for p in shard_files(out) if p.stat().st_mtime >= since - 1]
+    rank_files = [p for p in shard_files(out) if _modified_since(p, since)]
     if not rank_files or not _is_shard(rank_files[0]):
         return rank_files, []
     try:
@@ -231,7 +252,8 @@ def _consolidate_shards(out: Path, since: float) -> tuple[list[Path], list[str]]
         return [], [f"merged {result.ranks} ranks into {out}, leaving out {dropped} steps not every rank "
                     f"recorded; the rank files are kept"]
     for path in rank_files:
-        path.unlink()
+        with contextlib.suppress(OSError):
+            path.unlink()
     return [], [f"merged the statistics of {result.ranks} ranks' gradient shards into {out}"]
 
 
@@ -246,8 +268,16 @@ def _is_shard(path: Path) -> bool:
 def _written_files(out: Path, since: float) -> list[Path]:
     siblings = [p for p in out.parent.glob(f"{out.stem}.*{out.suffix}")
                 if re.fullmatch(rf"{re.escape(out.stem)}\.\d+{re.escape(out.suffix)}", p.name)
-                and p.stat().st_mtime >= since - 1]
+                and _modified_since(p, since)]
     return ([out] if out.exists() else []) + sorted(siblings)
+
+
+def _modified_since(path: Path, since: float) -> bool:
+    """Written by this run (a second's slack for coarse file-system clocks); False once gone."""
+    try:
+        return path.stat().st_mtime >= since - 1
+    except OSError:
+        return False
 
 
 class _relay_signals:

@@ -24,12 +24,15 @@ def check_writable(path: PathLike, what: str) -> Path:
         what: The option or argument it came from, for the message, e.g. ``"--out"``.
 
     Raises:
-        ConfigError: The path is empty or a folder, a parent is a file, or the file or the folder
-            it goes in cannot be created or written.
+        ConfigError: The path is empty, a folder or not a regular file, a parent is a file, or
+            the file or the folder it goes in cannot be created or written.
     """
     target = _resolved(path, what)
     if os.path.isdir(target):
         raise ConfigError(f"{what} {path}: is a folder; give a file path inside it")
+    if os.path.exists(target) and not os.path.isfile(target):
+        # A FIFO would block the probe below, and --force would delete a device node.
+        raise ConfigError(f"{what} {path}: is not a regular file (a device, FIFO or socket); give a file path")
     _check_folder_can_hold(target.parent, path, what)
     if os.path.exists(target):
         _probe_file(target, path, what)

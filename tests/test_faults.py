@@ -10,6 +10,8 @@ prints its final weights' digest) and ``scripts/faulty_writer.py`` (h5py fault i
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
 import json
 import os
 import random
@@ -18,6 +20,7 @@ import shlex
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -28,10 +31,13 @@ from click.testing import CliRunner
 from conftest import SCRIPTS, child_env
 
 import gfprobe
+from gfprobe import launcher
 from gfprobe.adapters.torch_probe import FLUSH_SECONDS
 from gfprobe.cli import main as gfprobe_cli
 from gfprobe.errors import RunFileError
+from gfprobe.store import publish
 from gfprobe.store.reader import open_run
+from gfprobe.store.writer import RunWriter
 
 PY = sys.executable
 FAULTY = str(SCRIPTS / "train_faulty.py")
@@ -313,6 +319,7 @@ def test_sigint_during_start_up_exits_130_without_a_gfprobe_traceback(
             kill_if_running(train_pid)
 
     assert quiet_interrupt_problem(proc.returncode, err) is None, err
+    assert "never stepped" not in err, "an interrupted command was said to have never trained"
 
 
 def quiet_interrupt_problem(returncode: int, stderr: str) -> str | None:
@@ -410,6 +417,49 @@ def test_force_refuses_a_run_file_being_written(tmp_path: Path, reference_stdout
     assert sorted(p.name for p in tmp_path.iterdir()) == ["busy.h5", "release"]
 
 
+def test_bug_a_file_system_without_record_locks_stopped_recording(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """Lustre mounted without locks, some NFS set-ups: lockf fails with ENOLCK. The run used to
+    stop recording and leave its file 'running' under the real name."""
+    def no_locks(*_args: object) -> None:
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "lockf", no_locks)
+    out = tmp_path / "run.h5"
+    writer = RunWriter(out, {"command": ["train.py"]}, {})
+    assert not publish.is_being_written(out)  # without locks, nothing can say so
+    writer.close("complete", {})
+    assert attrs_of(out)["status"] == "complete"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run.h5"]
+
+
+def test_the_write_lock_marks_the_file_from_the_moment_it_has_its_name(tmp_path: Path) -> None:
+    out = tmp_path / "run.h5"
+    writer = RunWriter(out, {"command": ["train.py"]}, {})
+    try:
+        # Asked from another process: a process's own POSIX locks never conflict with it.
+        busy = subprocess.run([PY, "-c", "import sys; from pathlib import Path; "
+                               "from gfprobe.store.publish import is_being_written; "
+                               "sys.exit(0 if is_being_written(Path(sys.argv[1])) else 1)", str(out)],
+                              timeout=60, env=child_env())
+        assert busy.returncode == 0, "the published file is not marked as being written"
+    finally:
+        writer.close("complete", {})
+
+
+def test_bug_no_temporary_folder_was_a_traceback_before_the_command_ran(tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """A full or read-only /tmp: the launcher's private folder cannot be made; the command runs anyway."""
+    def refuse(*_args: object, **_kwargs: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(tempfile, "TemporaryDirectory", refuse)
+    out = tmp_path / "run.h5"
+    result = launcher.run([PY, FAULTY, "--steps", str(STEPS)], launcher.RecordOptions(out=out))
+    assert result.exit_code == 0
+    assert result.files == [out] and recorded_steps(out) == list(range(STEPS))
+
+
 # -- F. the output path is checked before the command starts ---------------------------------
 @pytest.fixture
 def read_only_dir(tmp_path: Path) -> Iterator[Path]:
@@ -452,10 +502,16 @@ def _out_a_folder(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     return str(tmp_path / "folder")
 
 
+def _out_a_fifo(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    os.mkfifo(tmp_path / "pipe.h5")  # opening it to write would block until a reader comes
+    return str(tmp_path / "pipe.h5")
+
+
+@pytest.mark.timeout(300)
 @pytest.mark.parametrize("make_out", [_out_in_read_only, _out_under_missing_in_read_only, _out_under_a_file,
-                                      _out_empty, _out_a_folder],
+                                      _out_empty, _out_a_folder, _out_a_fifo],
                          ids=["read-only-folder", "missing-folder-in-read-only", "parent-is-a-file",
-                              "empty", "existing-folder"])
+                              "empty", "existing-folder", "fifo"])
 def test_bad_out_exits_2_before_the_command_runs(tmp_path: Path, request: pytest.FixtureRequest,
                                                  make_out: Callable[[pytest.FixtureRequest, Path], str]) -> None:
     out = make_out(request, tmp_path)
@@ -465,6 +521,13 @@ def test_bad_out_exits_2_before_the_command_runs(tmp_path: Path, request: pytest
     assert_one_line_error(result, "--out")
     assert not marker.exists(), "the command ran"
     assert sorted(p.name for p in tmp_path.rglob("*")) == before, "something was created"
+
+
+def test_bug_force_would_delete_a_device_node_given_as_out(tmp_path: Path) -> None:
+    """Run as root, ``--out /dev/null --force`` reached ``unlink``: refused as not a regular file."""
+    result = gfprobe_record("--force", "--out", os.devnull, "--", PY, "-c", "pass", cwd=tmp_path)
+    assert_one_line_error(result, "--out", "not a regular file")
+    assert Path(os.devnull).exists() and not Path(os.devnull).is_file()
 
 
 def test_unknown_option_exits_2_naming_it(tmp_path: Path) -> None:

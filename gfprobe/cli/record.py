@@ -76,8 +76,11 @@ def _nothing_recorded(command: tuple[str, ...], result: launcher.RecordResult) -
     if result.failures:
         return UserError(f"nothing was recorded: recording failed ({'; '.join(result.failures)}); "
                          f"the command's exit code {result.exit_code} is kept", exit_code=result.exit_code)
+    if result.exit_code != 0:  # it ended (failed, interrupted, killed) before its first optimizer step
+        return UserError(f"nothing was recorded: {' '.join(command)} ended with exit code {result.exit_code} "
+                         "before stepping a torch optimizer", exit_code=result.exit_code)
     return UserError(f"nothing was recorded: {' '.join(command)} never stepped a torch optimizer "
-                     "(or ran in a Python where gfprobe is not installed)", exit_code=result.exit_code or 3)
+                     "(or ran in a Python where gfprobe is not installed)", exit_code=3)
 
 
 def _describe(path: Path) -> str:

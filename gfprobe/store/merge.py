@@ -65,7 +65,7 @@ def merge(paths: Sequence[Path], out: Path) -> MergeResult:
         writer = RunWriter(out, metadata, first["attrs"])
     except (OSError, ValueError, TypeError) as exc:
         raise _unwritable(out, first["path"], exc) from exc
-    result = MergeResult(out, len(runs))
+    result = MergeResult(writer.path, len(runs))  # out itself, unless it appeared since the check above
     try:
         for index, streams in enumerate(zip(*(r["streams"] for r in runs), strict=True)):
             writer.add_stream(streams[0].optimizer, _param_infos(streams[0].params))
@@ -79,7 +79,7 @@ def merge(paths: Sequence[Path], out: Path) -> MergeResult:
     except BaseException as exc:
         with contextlib.suppress(Exception):  # never leave a half-merged file that looks whole
             writer.close("failed", {})
-        out.unlink(missing_ok=True)
+        writer.path.unlink(missing_ok=True)  # the file this merge wrote, never one that took its name
         if isinstance(exc, OSError | ValueError | TypeError):
             raise _unwritable(out, first["path"], exc) from exc
         raise

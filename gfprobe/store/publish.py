@@ -67,15 +67,21 @@ def _alive(pid: int) -> bool:
 
 
 class WriteLock:
-    """Held by the process writing a run file until it closes it."""
+    """Held by the process writing a run file until it closes it.
+
+    Taken on the temporary file, before it is published: the lock belongs to the file, not its
+    name, so the run is marked as being written from the moment it can be seen. Where the file
+    system has no record locks (some network and parallel file systems) the run is recorded
+    without one: ``--force`` then cannot tell that it is being written, which is better than
+    not recording.
+    """
 
     def __init__(self, path: Path) -> None:
         self._fd: int | None = os.open(path, os.O_RDWR)
         try:
             fcntl.lockf(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, _LOCK_START)
-        except OSError:
+        except OSError:  # ENOLCK, EOPNOTSUPP, ...: a file nobody else can have opened yet is not busy
             self.release()
-            raise
 
     def release(self) -> None:
         if self._fd is not None:

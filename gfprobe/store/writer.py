@@ -94,18 +94,23 @@ class RunWriter:
         temp = temp_path(path)
         temp.unlink(missing_ok=True)  # left by an earlier process with this pid
         self._file = h5py.File(temp, "x", libver="latest")
-        self._space = SpaceReserve(temp)  # the same file once published: a hard link
+        held: list[SpaceReserve | WriteLock] = []
         try:
+            # Both hold the file, not its name: they stay with it when it is published (a hard link).
+            self._space = SpaceReserve(temp)
+            held.append(self._space)
+            self._lock = WriteLock(temp)
+            held.append(self._lock)
             self._space.ensure(len(json.dumps({**metadata, **attrs}, default=str)) * 2)
             self._write_header(metadata, attrs)
             self._create_layout()
             self._file.swmr_mode = True  # writes the header and layout to disk
             self.path = self._space.path = _publish_free(temp, path)
-            self._lock = WriteLock(self.path)
         except BaseException:
             self._file.close()
             temp.unlink(missing_ok=True)
-            self._space.release()
+            for resource in held:
+                resource.release()
             raise
         self._records = GrowingTable(self._file, _record_columns(), schema.RECORDS_TAIL_ROW)
         self._metrics = GrowingTable(self._file, _metric_columns(), schema.METRICS_TAIL_ROW)
@@ -220,7 +225,6 @@ class RunWriter:
         self._file.close()
         self._lock.release()
         self._space.release()
-
 
     def abandon(self) -> None:
         """Close after a write failed, writing nothing more.

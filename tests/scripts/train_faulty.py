@@ -25,7 +25,7 @@ try:  # the first statement, so that even the imports are covered
         p.add_argument("--steps", type=int, default=12)
         p.add_argument("--forever", action="store_true", help="train until killed or interrupted")
         p.add_argument("--sleep", type=float, default=0.0, help="seconds after each step")
-        p.add_argument("--pid-file", type=Path, help="written first thing, before torch is imported")
+        p.add_argument("--pid-file", type=Path, help="written once numpy is imported, before torch is")
         p.add_argument("--steps-file", type=Path, help="rewritten with the step count after each step")
         p.add_argument("--hold-at", type=int, default=-1, help="after this many steps, wait for --release")
         p.add_argument("--release", type=Path, help="the file whose existence ends the hold")
@@ -34,6 +34,12 @@ try:  # the first statement, so that even the imports are covered
         p.add_argument("--no-fallocate", action="store_true",
                        help="with --watch-out: gfprobe as on a file system without fallocate (no disk reserve)")
         args = p.parse_args()
+        # numpy before the pid file: a KeyboardInterrupt inside numpy's own import can leave it
+        # half-imported, and torch's import then swallows the interrupt (a RecursionError in
+        # numpy.__getattr__ that torch catches) and the script trains on, with or without
+        # gfprobe (seen in 2 of 25 plain runs). The tests interrupt torch's import, not numpy's.
+        import numpy  # noqa: F401
+
         if args.pid_file:
             write_pid(args.pid_file)
 
