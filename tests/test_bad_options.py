@@ -112,6 +112,14 @@ def test_output_under_a_read_only_folder_is_one_line(read_only_dir: Path, comman
                    else "Permission denied", "choose a folder you can write to")
 
 
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("command", ["check --junit", "plot --out"])
+def test_bug_an_output_that_is_a_fifo_hung_the_command(tmp_path: Path, command: str) -> None:
+    args = out_commands(tmp_path)[command]
+    os.mkfifo(args[-1])  # opening it to write blocks until a reader comes
+    assert_refused(invoke(args), command.split()[-1], "not a regular file")
+
+
 @pytest.mark.parametrize("command", list(out_commands(Path())))
 def test_output_under_a_file_is_one_line(a_file: Path, command: str) -> None:
     result = invoke(out_commands(a_file)[command])
@@ -219,6 +227,36 @@ def test_study_file_not_utf8_is_one_clear_error(tmp_path: Path) -> None:
     path.write_bytes(b"[[grid]]\ndensity = 0.5 # caf\xe9\n")
     with pytest.raises(ConfigError, match=r"study.toml: not UTF-8 text \(invalid continuation byte at byte \d+\)"):
         load_study(path)
+
+
+# ---------------------------------------------------------------- deeply nested TOML
+
+# Valid TOML as far as the grammar goes, but tomllib recurses once per "[": a RecursionError
+# (a traceback) unless it is caught next to TOMLDecodeError. 100,000 levels is past any limit.
+DEEP = "x = " + "[" * 100_000 + "\n"
+NESTED_TOO_DEEPLY = "arrays or inline tables nested too deeply to read"
+
+
+def test_bug_deeply_nested_check_config_is_one_line(tmp_path: Path) -> None:
+    config = tmp_path / "deep.toml"
+    config.write_text("[tool.gfprobe.check]\n" + DEEP)
+    assert_refused(invoke(["check", str(RUN), "--config", str(config)]), f"{config}: {NESTED_TOO_DEEPLY}")
+
+
+def test_bug_deeply_nested_pyproject_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "pyproject.toml").write_text("[tool.gfprobe]\n" + DEEP)  # found, not named: no --config
+    monkeypatch.chdir(tmp_path)
+    assert_refused(invoke(["check", str(RUN)]), f"{tmp_path / 'pyproject.toml'}: {NESTED_TOO_DEEPLY}")
+
+
+def test_bug_deeply_nested_study_file_is_one_line(tmp_path: Path) -> None:
+    study = tmp_path / "deep.toml"
+    study.write_text("[[grid]]\n" + DEEP)
+    with pytest.raises(ConfigError, match=f"deep.toml: {NESTED_TOO_DEEPLY}"):
+        load_study(study)
+    result = invoke(["scsdc", "run", "--config", str(study), "--out", str(tmp_path / "out")])
+    assert_refused(result, f"{study}: {NESTED_TOO_DEEPLY}")
+    assert not (tmp_path / "out").exists()  # refused before anything was made
 
 
 # ---------------------------------------------------------------- scsdc plan and report

@@ -5,13 +5,16 @@ in its titles, the correlation interval with few runs, and tables at 80 columns.
 
 from __future__ import annotations
 
+import importlib
 import json
 import re
 import warnings
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
+import h5py
 import numpy as np
 import pytest
 from click.testing import CliRunner, Result
@@ -38,17 +41,20 @@ HOSTILE = [
     "[/]",
     "[bold red]",
     "\n::warning::injected",
+    "::error title=gfprobe::all runs pass",  # a workflow command if a line starts with it
+    "x ##[error]pwned",  # the older form, read anywhere in a line
 ]
 MARKUP = "[link=http://evil]x[/link]"
 
 
-def write_run(path: Path, hostile: str, attrs: Mapping[str, object], acc: float, l2: float = 1.0) -> Path:
-    """A run with ``hostile`` in every string the file holds; its first layer has a NaN, so
-    ``check`` fails and names that layer."""
+def write_run(path: Path, hostile: str, attrs: Mapping[str, object], acc: float, l2: float = 1.0,
+              steps: int = STEPS) -> Path:
+    """A run with ``hostile`` in every string the file holds and ``steps`` recorded steps (at least
+    6); its first layer has a NaN, so ``check`` fails and names that layer."""
     params = [ParamInfo(f"{hostile}.weight", (4, 4), "weight", hostile, "explicit"),
               ParamInfo(f"fc2{hostile}.weight", (2, 4), "weight", f"Linear{hostile}"),
               ParamInfo(f"fc2{hostile}.bias", (2,), hostile[:6], "Linear")]
-    block = np.zeros((STEPS, len(STAT_FIELDS), len(params)))
+    block = np.zeros((steps, len(STAT_FIELDS), len(params)))
     for col in (0, 1):
         for field in ("masked_sumsq", "sumsq"):
             block[:, F[field], col] = l2**2
@@ -59,8 +65,8 @@ def write_run(path: Path, hostile: str, attrs: Mapping[str, object], acc: float,
     block[5, F["nonfinite"], 0] = 2
     writer = RunWriter(path, {"command": [hostile], hostile: hostile}, {hostile: hostile, **attrs})
     writer.add_stream(f"SGD{hostile}", params)
-    writer.append_steps(StepBlock(0, np.arange(STEPS), np.arange(STEPS) * 0.1, np.zeros(STEPS, np.uint8), block))
-    writer.append_metrics([("acc", STEPS, 1.0, acc), (hostile, STEPS, 1.0, 0.5)])
+    writer.append_steps(StepBlock(0, np.arange(steps), np.arange(steps) * 0.1, np.zeros(steps, np.uint8), block))
+    writer.append_metrics([("acc", steps, 1.0, acc), (hostile, steps, 1.0, 0.5)])
     writer.close(f"complete{hostile}", {})
     return writer.path
 
@@ -104,9 +110,19 @@ def _many_file_commands(paths: Sequence[str]) -> Iterator[list[str]]:
     yield ["check", *paths, "--format", "github"]
 
 
+def _workflow_commands(text: str, github_format: bool) -> list[str]:
+    """Lines GitHub Actions would read as a workflow command: '::' first (after spaces) or '##['
+    anywhere; in ``--format github`` output, the lines gfprobe means as commands are left out."""
+    lines = [line.lstrip() for line in text.splitlines()]
+    if github_format:
+        lines = [line for line in lines if not line.startswith(("::error file=", "::notice file="))]
+    return [line for line in lines if line.startswith("::") or "##[" in line]
+
+
 def _check_output(args: Sequence[str], result: Result, junit: Path) -> None:
     for stream in (result.stdout, result.stderr):
         assert _bad_characters(stream) == [], (args, stream)
+        assert _workflow_commands(stream, "github" in args) == [], (args, stream)
     assert "MarkupError" not in result.output
     if "github" in args:
         assert all(line.startswith(("::error ", "::notice ")) for line in result.stdout.splitlines()), result.stdout
@@ -155,7 +171,7 @@ def test_markup_in_a_name_is_text_in_every_format(hostile_runs: list[Path]) -> N
 
 
 def test_a_newline_in_a_file_name_cannot_inject_a_workflow_command(hostile_runs: list[Path]) -> None:
-    path = hostile_runs[-1]
+    path = next(p for p in hostile_runs if "injected" in p.name)
     out = invoke(["check", str(path), "--format", "github"]).stdout
     assert out.count("\n") == 1 and out.startswith("::error ")  # one line: nothing starts a second command
     assert "file=" + str(path.parent).replace(":", "%3A") + "/run10\\n%3A%3Awarning%3A%3Ainjected.h5," in out
@@ -188,8 +204,25 @@ def test_printable_leaves_nothing_a_terminal_acts_on(value: str) -> None:
 
 @settings(deadline=None, derandomize=True, max_examples=100)
 @given(st.text(alphabet=st.characters(min_codepoint=0x20, max_codepoint=0x7E)))
-def test_printable_ascii_passes_unchanged(value: str) -> None:
-    assert printable(value) == value
+def test_printable_ascii_passes_unchanged_but_workflow_command_openers(value: str) -> None:
+    shown = printable(value)
+    if "::" not in value and "##[" not in value:
+        assert shown == value
+    assert "::" not in shown and "##[" not in shown
+    assert shown.replace(":\\x3a", "::").replace("##\\x5b", "##[") == value  # nothing else changed
+
+
+@pytest.mark.parametrize("name", ["::error::x.h5", "::error title=t::x", "a ##[error]b", ":::", "a::b::c"])
+def test_bug_a_name_could_start_a_workflow_command_in_a_ci_log(tmp_path: Path, name: str) -> None:
+    """The table title of ``check`` and a CSV row start with a run's path: a file named
+    '::error::...' made an annotation in GitHub Actions, and '##[' does anywhere in a line."""
+    path = write_run(tmp_path / f"{name}.h5", "x", {"sparse": True}, acc=0.5)
+    for args in (["check", str(path)], ["report", str(path), "--format", "csv"],
+                 ["report", str(path), "--format", "json"], ["inspect", str(path)]):
+        result = invoke(args)
+        assert _workflow_commands(result.output, github_format=False) == [], (args, result.output)
+        if "json" in args:
+            assert json.loads(result.stdout)["runs"][0]["path"] == str(path)  # JSON keeps it exact
 
 
 @settings(deadline=None, derandomize=True, max_examples=100)
@@ -241,6 +274,50 @@ def test_bug_scatter_axis_names_the_summary_used(tmp_path: Path) -> None:
     runs = build_report(_plain_runs(tmp_path, 4), how="max")
     svg = plot_scatter(runs, tmp_path / "s.svg", metric="acc").read_text()
     assert "max over steps" in svg and "11-point" not in svg
+
+
+def _runs_with_steps(folder: Path, counts: Sequence[int]) -> list[str]:
+    return [str(write_run(folder / f"r{i}.h5", "x", {"sparse": i % 2 == 0}, acc=0.5 + 0.1 * i, steps=n))
+            for i, n in enumerate(counts)]
+
+
+@pytest.mark.parametrize(("counts", "words"), [
+    ([10, 10], "mean over all 10 recorded steps"),
+    ([10, 12], "mean over 11 evenly spaced recorded steps (all steps of runs with fewer)"),
+    ([11, 12], "mean over 11 evenly spaced recorded steps"),
+], ids=["all-fewer", "some-fewer", "none-fewer"])
+def test_bug_report_title_says_how_many_steps_were_averaged(tmp_path: Path, counts: list[int], words: str) -> None:
+    # A run with fewer recorded steps than the 11 points averages all of its steps once.
+    paths = _runs_with_steps(tmp_path, counts)
+    title = invoke(["report", *paths]).stdout.splitlines()[0]
+    assert title.strip() == f"Gradient flow: {words}"
+    assert f"**Gradient flow: {words}**" in invoke(["report", *paths, "--format", "markdown"]).stdout
+
+
+@pytest.mark.parametrize(("runs", "short", "words"), [
+    ([("points", 11, 10), ("points", 11, 10)], False, "mean over all 10 recorded steps"),
+    ([("points", 11, 10), ("points", 11, 10)], True, "mean over all 10 steps"),
+    ([("points", 11, 3), ("points", 11, 7)], False, "mean over all recorded steps (fewer than 11 in every run)"),
+    ([("points", 11, 1)], False, "value at the only recorded step"),
+    ([("points", 11, 5), ("points", 11, 40)], True, "11-point mean (all steps if fewer)"),
+    ([("points", 11, 0), ("points", 11, 40)], False, "mean over 11 evenly spaced recorded steps"),  # 0: no value
+    ([("points", 5, 5), ("mean", 11, 3), ("mean", 5, 3)], False,
+     "mean over 5 evenly spaced recorded steps; mean over all recorded steps"),
+], ids=["all-ten", "all-ten-short", "all-fewer-mixed", "one-step", "some-fewer-short", "no-steps", "mixed-summaries"])
+def test_bug_summary_words_are_true_of_every_run(runs: list[tuple[str, int, int]], short: bool, words: str) -> None:
+    from gfprobe.summary import describe_runs
+
+    assert describe_runs(runs, short=short) == words
+
+
+def test_bug_scatter_axis_says_how_many_steps_were_averaged(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    from gfprobe.analysis.report import build_report
+    from gfprobe.render.plots import plot_scatter
+
+    runs = build_report(_runs_with_steps(tmp_path, [10] * 4))
+    svg = plot_scatter(runs, tmp_path / "s.svg", metric="acc").read_text()
+    assert "mean over all 10 steps" in svg and "11-point" not in svg
 
 
 # -- item 4: too few runs for a bootstrap interval --------------------------------------------
@@ -297,3 +374,74 @@ def test_bug_headers_never_split_mid_word_at_80_columns(study: list[str], env: d
             assert f"[{row['ci'][0]:+.2f}, {row['ci'][1]:+.2f}]" in result.stdout
     for run in data["runs"]:
         assert f"{run['measures']['egf_2']:.4g}" in words
+
+
+# -- attribute values that are JSON lists or tables ------------------------------------------
+
+def _tabled_runs(folder: Path, key: str, values: Sequence[object], **attrs: object) -> list[str]:
+    """A sparse and a dense run, two seeds each, per value of the attribute ``key``."""
+    grid = [{key: value, "sparse": sparse, "seed": seed, **attrs}
+            for value in values for sparse in (True, False) for seed in (0, 1)]
+    return _plain_runs(folder, len(grid), grid)
+
+
+def test_bug_report_by_a_list_or_table_attribute_groups_the_runs(tmp_path: Path) -> None:
+    # The same table in two key orders is one value; a list of lists is another.
+    paths = _tabled_runs(tmp_path, "density", [[[0.1]], {"b": 2, "a": 1}, {"a": 1, "b": 2}])
+    args = ["report", *paths, "--correlate", "acc", "--by", "density", "--resamples", "50"]
+    table = invoke(args)
+    assert table.exit_code == 0 and "Traceback" not in table.output
+    md = invoke([*args, "--format", "markdown"]).stdout  # titles unwrapped: shown as JSON, not as tuples
+    assert r"(density = \[\[0.1\]\])" in md and '(density = {"a": 1, "b": 2})' in md
+    rows = json.loads(invoke([*args, "--format", "json"]).stdout)["correlation"]
+    sizes = {json.dumps(row["split"]["density"]): row["n"] for row in rows if row["group"] == "all"}
+    assert sizes == {"[[0.1]]": 4, '{"a": 1, "b": 2}': 8}
+    assert '"{""a"": 1, ""b"": 2}",all,' in invoke([*args, "--format", "csv"]).stdout
+
+
+def test_bug_scsdc_pivot_of_a_table_attribute(tmp_path: Path) -> None:
+    # Sparse and dense runs spell the optimizer's table in different key orders: still one configuration.
+    paths = _tabled_runs(tmp_path, "regularisation", ["NR", "BN"], optimizer={"lr": 0.1, "name": "sgd"})
+    for path in paths[1::2]:
+        with h5py.File(path, "a") as handle:  # reversed keys in half of the runs (attributes are JSON text)
+            handle["attrs"].attrs["optimizer"] = json.dumps({"name": "sgd", "lr": 0.1})
+    args = ["report", *paths, "--scsdc", "--scsdc-metric", "acc"]
+    result = invoke(args)
+    assert result.exit_code == 0 and "Traceback" not in result.output
+    assert "optimizer × regularisation" in result.stdout
+    assert any(line.split()[:2] == ["{\"lr\":", "0.1,"] for line in result.stdout.splitlines()), result.stdout
+    comparisons = json.loads(invoke([*args, "--format", "json"]).stdout)["scsdc"]
+    assert len(comparisons) == 2 and not any(c.get("note") for c in comparisons)
+    assert all(c["config"]["optimizer"] == {"lr": 0.1, "name": "sgd"} for c in comparisons)
+
+
+def test_bug_scsdc_plot_of_a_table_attribute(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    # The configurations differ only by a table: the x axis, which has no order of its own.
+    paths = _tabled_runs(tmp_path, "optimizer", [{"name": "sgd"}, {"name": "adam"}, [["x"]]])
+    result = invoke(["plot", *paths, "--kind", "scsdc", "--metric", "acc", "--out", str(tmp_path / "p.svg")])
+    assert result.exit_code == 0 and (tmp_path / "p.svg").is_file(), result.output
+
+
+# -- the study name in scsdc run's progress bar ----------------------------------------------
+
+def test_bug_study_name_in_the_progress_bar_is_text(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from gfprobe.study import runner
+
+    def fake_study(study: Any, out: Path, options: Any, on_start: Any, on_run: Any) -> runner.StudyOutcome:
+        on_start(0, len(study))
+        for spec in study.runs:
+            on_run(spec, None)
+        return runner.StudyOutcome()
+
+    monkeypatch.setattr(importlib.import_module("gfprobe.cli.scsdc"), "validate", lambda study, options: None)
+    monkeypatch.setattr(runner, "run_study", fake_study)
+    name = "[/][/]" + MARKUP + "\x1b]0;pwned\x07"
+    config = tmp_path / "study.toml"
+    config.write_text(f"[study]\nname = {json.dumps(name)}\n[[grid]]\ndensity = 0.5\n")
+    # A terminal, as far as rich can tell: the progress bar, not the log lines.
+    result = CliRunner().invoke(main, ["scsdc", "run", "--config", str(config), "--out", str(tmp_path / "out")],
+                                env={"TTY_COMPATIBLE": "1", "FORCE_COLOR": "1", "GFPROBE_WIDTH": "200"})
+    assert result.exit_code == 0 and result.exception is None, result.output
+    assert f"{printable(name)}: training" in result.stdout  # shown as written, escapes made visible
+    assert "\x1b]" not in result.stdout and "\x07" not in result.stdout  # no hyperlink, no window title

@@ -76,6 +76,8 @@ def load_config(path: Path | None = None, cwd: Path | None = None) -> tuple[Conf
         raise ConfigError(f"{source}: not UTF-8 text ({exc.reason} at byte {exc.start}); save it as UTF-8") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{source}: not valid TOML ({exc})") from None
+    except RecursionError:  # tomllib recurses once per nested array or inline table
+        raise ConfigError(f"{source}: arrays or inline tables nested too deeply to read; flatten them") from None
     except OSError as exc:
         raise ConfigError(f"{source}: cannot read it ({exc.strerror or exc}); check its permissions") from None
     table = _check_table(document, str(source))

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
-from gfprobe.analysis.correlation import group_of
+from gfprobe.analysis.correlation import freeze, group_of
 from gfprobe.analysis.report import RunSummary
 from gfprobe.errors import ConfigError
 
@@ -92,10 +92,13 @@ def one_sided_p(sparse: np.ndarray, dense: np.ndarray, test: str) -> float:
 
 
 def config_of(run: RunSummary) -> dict[str, Any]:
-    return {key: value for key, value in sorted(run.attrs.items()) if key not in VARYING}
+    """The attributes that define a run's configuration, frozen: a list or table value (any JSON)
+    must key the pivot cells and print as JSON, like a number or a string."""
+    return {key: freeze(value) for key, value in sorted(run.attrs.items()) if key not in VARYING}
 
 
 def _key(config: dict[str, Any]) -> tuple[tuple[str, str], ...]:
+    # A frozen value's repr is its canonical JSON: tables equal up to key order are one configuration.
     return tuple((k, repr(v)) for k, v in config.items())
 
 

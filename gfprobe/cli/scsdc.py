@@ -14,6 +14,7 @@ from gfprobe.errors import ConfigError, GfprobeError
 from gfprobe.outpath import check_writable_folder
 from gfprobe.render import plan as render_plan
 from gfprobe.render.formats import to_json
+from gfprobe.render.safe import printable
 from gfprobe.study import names, runner
 from gfprobe.study.config import MAX_HIDDEN_LAYERS, MAX_SPARSE_WIDTH, RunSpec, Study, check_density, load_study
 from gfprobe.study.presets import PRESETS, describe, load_preset
@@ -192,19 +193,21 @@ def _log_lines(study: Study) -> Iterator[Callbacks]:
 
 @contextmanager
 def _bar(study: Study) -> Iterator[Callbacks]:
-    columns = (TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
-               TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn())
+    # The description holds the study's name, which is data: shown as text (markup=False), never
+    # parsed as rich markup ("[/]" would raise, "[link=...]" would make a link), and printable.
+    columns = (TextColumn("{task.description}", style="progress.description", markup=False), BarColumn(),
+               MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn())
+    name = printable(study.name)
     with Progress(*columns, console=console(), transient=False) as bar:
-        task = bar.add_task(f"{study.name}: planning", total=len(study))
+        task = bar.add_task(f"{name}: planning", total=len(study))
         failures = 0
 
         def started(done: int, todo: int) -> None:
-            bar.update(task, completed=done, description=f"{study.name}: training")
+            bar.update(task, completed=done, description=f"{name}: training")
 
         def finished(spec: RunSpec, error: str | None) -> None:
             nonlocal failures
             failures += error is not None
-            bar.update(task, advance=1, description=f"{study.name}: training" + (f", {failures} failed"
-                                                                                   if failures else ""))
+            bar.update(task, advance=1, description=f"{name}: training" + (f", {failures} failed" if failures else ""))
 
         yield started, finished

@@ -16,7 +16,7 @@ from rich.table import Table
 from gfprobe.analysis.check import RunCheck
 from gfprobe.errors import ConfigError
 from gfprobe.render.formats import to_json
-from gfprobe.render.safe import printable, text
+from gfprobe.render.safe import printable, text, visible
 
 STYLES = {"pass": "green", "fail": "bold red", "skip": "dim"}
 SYMBOLS = {"pass": "PASS", "fail": "FAIL", "skip": "skip"}
@@ -43,8 +43,8 @@ def render_json(checks: Sequence[RunCheck]) -> str:
 
 
 def _escape(value: str) -> str:
-    """GitHub's workflow-command escaping of a message (after making it printable)."""
-    return printable(value).replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
+    """GitHub's workflow-command escaping of a message (after making it visible)."""
+    return visible(value).replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
 
 
 def _property(value: str) -> str:

@@ -46,8 +46,14 @@ def sparkline(values: np.ndarray, width: int = 16) -> str:
 
 def to_json(payload: Any) -> str:
     """Strict JSON: NaN and infinities, which JSON has no words for, become null (a run's
-    attributes may hold them: ``record --attr lr=NaN``)."""
-    return json.dumps(_finite(payload), indent=2, allow_nan=False, default=_json_default)
+    attributes may hold them: ``record --attr lr=NaN``).
+
+    Strings stay exact. A ``##[`` in one, which a GitHub Actions log would read as a workflow
+    command wherever it stands, is written ``##\u005b``: the same string to any JSON reader.
+    (``::`` only counts at the start of a line, where JSON has punctuation or indentation.)
+    """
+    text = json.dumps(_finite(payload), indent=2, allow_nan=False, default=_json_default)
+    return text.replace("##[", "##\\u005b")
 
 
 def _finite(value: Any) -> Any:

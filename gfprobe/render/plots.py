@@ -27,7 +27,7 @@ from gfprobe.analysis.scsdc import Comparison
 from gfprobe.analysis.series import RunSeries
 from gfprobe.errors import ConfigError, GfprobeError
 from gfprobe.render.safe import printable
-from gfprobe.summary import describe
+from gfprobe.summary import describe_runs
 
 KINDS = ("layers", "measures", "scatter", "scsdc")
 FORMATS = (".png", ".svg")
@@ -183,7 +183,7 @@ def plot_scatter(runs: Sequence[RunSummary], out: Path, metric: str = "test_acc"
     if not any(metric in run.metrics for run in runs):
         raise ConfigError(f"no run has a metric {metric!r} to plot against; choose one with --metric")
     fig, axes = _grid(len(measures), width=3.8, height=3.2)
-    how = "; ".join(dict.fromkeys(describe(r.how, r.points, short=True) for r in runs))  # the summary on x
+    how = describe_runs(((r.how, r.points, r.steps) for r in runs), short=True)  # the summary on x
     for ax, measure in zip(axes, measures, strict=True):
         taus = []
         for group in ("sparse", "dense", None):
@@ -202,6 +202,16 @@ def plot_scatter(runs: Sequence[RunSummary], out: Path, metric: str = "test_acc"
         ax.set_title(f"{measure}: " + ", ".join(taus), loc="left")
         ax.legend(loc="best")
     return _save(fig, out)
+
+
+def _x_order(value: Any) -> tuple[int, Any, str]:
+    """Numbers in order, then everything else by its text: a list or table value (any JSON) has
+    no order of its own, and values of mixed types none with each other."""
+    if value is None:
+        return 0, 0, ""
+    if isinstance(value, int | float | np.number):
+        return 0, value, ""  # not float(): an integer past 1e308 has none
+    return 1, 0, str(value)
 
 
 def _tick(value: Any) -> str:
@@ -227,7 +237,7 @@ def plot_scsdc(comparisons: Sequence[Comparison], out: Path, metric: str = "test
     for ax in axes[1:]:
         ax.sharey(axes[0])
     for ax, key in zip(axes, keys, strict=True):
-        members = sorted(panels[key], key=lambda c: (c.config.get(x_key) if x_key else 0) or 0)
+        members = sorted(panels[key], key=lambda c: _x_order(c.config.get(x_key) if x_key else None))
         positions = np.arange(len(members))
         for offset, side in ((-0.2, "sparse"), (0.2, "dense")):
             sides = [getattr(c, side) for c in members]

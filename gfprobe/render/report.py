@@ -17,7 +17,7 @@ from gfprobe.measures import MEASURES
 from gfprobe.render.formats import fmt, sparkline, to_csv, to_json, to_markdown
 from gfprobe.render.layout import Column, Label, fit
 from gfprobe.render.safe import markdown, printable, text
-from gfprobe.summary import describe
+from gfprobe.summary import describe, describe_runs
 
 SHORT = ("gf_1", "gf_2", "egf_1", "egf_2", "egf_1/N", "egf_2/N")  # the measures' table headers
 
@@ -56,8 +56,9 @@ def render_markdown(runs: Sequence[RunSummary], per_layer: bool = False) -> str:
 
 
 def summary_of(runs: Sequence[RunSummary]) -> str:
-    """How the report's runs were summarised, in words (the same for every run of one report)."""
-    return "; ".join(dict.fromkeys(describe(run.how, run.points) for run in runs)) or describe()
+    """How the report's runs were summarised, in words: what was used, which for a run with fewer
+    recorded steps than the summary's points is every step."""
+    return describe_runs((run.how, run.points, run.steps) for run in runs) or describe()
 
 
 def _layer_rows(run: RunSummary) -> tuple[list[str], list[list[Any]]]:

@@ -16,13 +16,33 @@ _NAMED = {"\t": "\\t", "\n": "\\n", "\r": "\\r"}
 _MARKDOWN = str.maketrans({c: "\\" + c for c in "\\`*[]<>|~$"})
 
 
+# What makes a CI log line a GitHub Actions workflow command: '::' at its start (after spaces) or
+# '##[' anywhere. A table can wrap any part of a string to the start of a line, so every '::' is
+# broken up. Shown with the same escapes as control characters.
+_WORKFLOW_OPENERS = {"::": ":\\x3a", "##[": "##\\x5b"}
+
+
 def printable(value: object) -> str:
+    """``value`` as text that a terminal or a CI log shows and never acts on.
+
+    Non-printing characters are shown as escapes (see :func:`visible`), and so is a character of
+    each ``::`` and ``##[``, which GitHub Actions reads as the start of a workflow command.
+    Other printable text, backslashes included, is returned unchanged.
+    """
+    text = visible(value)
+    for opener, shown in _WORKFLOW_OPENERS.items():
+        if opener in text:
+            text = text.replace(opener, shown)
+    return text
+
+
+def visible(value: object) -> str:
     """``value`` as text with every non-printing character shown as a visible escape.
 
     Non-printing means what :meth:`str.isprintable` says: C0 and C1 controls (ESC, BEL, CR, LF,
     CSI), DEL, format characters such as bidi overrides and zero-width joiners, line and paragraph
     separators, unassigned code points and lone surrogates (undecodable bytes in a file name).
-    Printable text, backslashes included, is returned unchanged.
+    For text that gets GitHub's own escaping next (``check --format github``).
     """
     text = str(value)
     if text.isprintable():

@@ -135,6 +135,8 @@ def load_study(path: Path) -> Study:
         raise ConfigError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start}); save it as UTF-8") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML ({exc})") from None
+    except RecursionError:  # tomllib recurses once per nested array or inline table
+        raise ConfigError(f"{path}: arrays or inline tables nested too deeply to read; flatten them") from None
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read the study file ({exc.strerror or exc})") from None
     return parse_study(document, source=str(path), default_name=path.stem)
