@@ -153,7 +153,6 @@ def _make_room(out: Path, force: bool) -> None:
 def run(command: Sequence[str], options: RecordOptions) -> RecordResult:
     """Run ``command`` under recording and return its exit code and the run files it wrote."""
     argv, env, out = prepare(command, options)
-    out.parent.mkdir(parents=True, exist_ok=True)
     started = time.time()
     with _private_ledger() as ledger:
         if ledger is not None:

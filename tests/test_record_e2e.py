@@ -442,6 +442,12 @@ def test_script_without_optimizer_records_nothing(tmp_path: Path) -> None:
         pass
 
 
+def test_bug_a_command_that_never_trained_left_an_empty_runs_folder(tmp_path: Path) -> None:
+    result = gfprobe_record("--", PY, "-c", "print('no training')", cwd=tmp_path)
+    assert_one_line_error(result, 3, "nothing was recorded", "never stepped")
+    assert list(tmp_path.iterdir()) == [], "gfprobe-runs/ was created for nothing"
+
+
 def test_crashing_script_keeps_its_steps_and_exit_code(tmp_path: Path) -> None:
     out = tmp_path / "run.h5"
     result = record(out, MLP, "--steps", "20", "--crash-at", "7")
