@@ -159,7 +159,7 @@ def run(command: Sequence[str], options: RecordOptions) -> RecordResult:
             env["GFPROBE_RECORD"] = json.dumps(dict(json.loads(env["GFPROBE_RECORD"]), ledger=str(ledger)))
         with _relay_signals() as relay:
             child = subprocess.Popen(argv, env=env, preexec_fn=lifeline.bind_to_parent(os.getpid()))
-            relay.child = child
+            relay.started(child)
             code = child.wait()
         failures = _read_ledger(ledger)
     exit_code = 128 - code if code < 0 else code  # killed by signal N: 128+N, like a shell
@@ -286,32 +286,50 @@ class _relay_signals:
     would without gfprobe (``nohup gfprobe record ...`` survives a hang-up).
 
     At an interactive terminal, Ctrl-C already reaches the child, which shares our process
-    group; relaying it too would interrupt the child's own clean-up a second time. A signal that
-    arrives before the child exists ends this process quietly, with the shell's 128+N.
+    group; relaying it too would interrupt the child's own clean-up a second time.
+
+    A signal that arrives before the child exists is held and passed on the moment it does: the
+    command then ends as the signal makes it, and gfprobe with its exit code. (Raising from the
+    handler instead can be lost: inside ``Popen`` the signal may land in an after-fork callback,
+    whose exceptions Python prints and drops, and gfprobe then waited on a command that never got
+    the signal.)
     """
 
     def __init__(self) -> None:
         self.child: subprocess.Popen[bytes] | None = None
+        self._held: list[int] = []
         self._saved: dict[int, Any] = {}
+
+    def started(self, child: subprocess.Popen[bytes]) -> None:
+        """The child exists: from now on signals reach it, and so do those held until now."""
+        self.child = child
+        for signum in self._held:  # no handler appends once self.child is set
+            self._send(signum)
+        self._held.clear()
 
     def _relay(self, signum: int, _frame: FrameType | None) -> None:
         if self.child is None:
-            raise SystemExit(128 + signum)
+            self._held.append(signum)
+        else:
+            self._send(signum)
+
+    def _relay_before_start(self, signum: int, _frame: FrameType | None) -> None:
+        if self.child is None:  # the terminal's Ctrl-C reached us alone: the command did not exist yet
+            self._held.append(signum)
+
+    def _send(self, signum: int) -> None:
+        assert self.child is not None
         if self.child.poll() is None:
             self.child.send_signal(signum)
 
     def __enter__(self) -> _relay_signals:
         interactive = sys.stdin is not None and sys.stdin.isatty()
         handlers = {signal.SIGTERM: self._relay, signal.SIGHUP: self._relay,
-                    signal.SIGINT: self._ignore_after_start if interactive else self._relay}
+                    signal.SIGINT: self._relay_before_start if interactive else self._relay}
         for signum, handler in handlers.items():
             if signal.getsignal(signum) is not signal.SIG_IGN:  # nohup, a background job: the child ignores it too
                 self._saved[signum] = signal.signal(signum, handler)
         return self
-
-    def _ignore_after_start(self, signum: int, _frame: FrameType | None) -> None:
-        if self.child is None:
-            raise SystemExit(128 + signum)
 
     def __exit__(self, *_: object) -> None:
         for signum, handler in self._saved.items():
