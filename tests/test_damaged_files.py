@@ -111,6 +111,9 @@ attr_values = st.one_of(
     st.lists(st.integers(-5, 5), min_size=1, max_size=6).map(lambda v: np.array(v).reshape(-1, 1)),
     st.lists(st.binary(max_size=4), min_size=1, max_size=3).map(lambda v: np.array(v, dtype="S4")),
 )
+# Ways to make a group or dataset read another file: a FIFO, which blocks a reader that opens it.
+REDIRECTS = ("external-link", "soft-link", "external-storage", "virtual")
+HUGE_ROWS = [3 * 10**8, 2**40]  # far more rows than the file holds: every one reads as fill
 damage = st.one_of(
     st.tuples(st.just("delete"), st.sampled_from(DATASETS + TAIL + GROUPS)),
     st.tuples(st.just("retype"), st.sampled_from(DATASETS + TAIL), st.sampled_from(range(len(DTYPES)))),
@@ -120,6 +123,8 @@ damage = st.one_of(
     st.tuples(st.just("truncate"), st.floats(0, 1, exclude_max=True)),
     st.tuples(st.just("overwrite"), st.one_of(st.integers(0, 4096), st.floats(0, 1, exclude_max=True)),
               st.binary(min_size=1, max_size=64)),
+    st.tuples(st.just("redirect"), st.sampled_from(DATASETS + TAIL + GROUPS), st.sampled_from(REDIRECTS)),
+    st.tuples(st.just("grow"), st.sampled_from(DATASETS + TAIL), st.sampled_from(HUGE_ROWS)),
 )
 
 
@@ -127,8 +132,17 @@ def apply(path: Path, damages: Sequence[tuple[Any, ...]], open_for_write: bool =
     """Damage ``path``: through h5py first (a damage that h5py refuses is left out), then its
     bytes. ``open_for_write``: in between, mark it as a killed writer leaves it (only SWMR
     mode reads it then, and that mode retries failed metadata reads)."""
+    # Growing after the damages that read a dataset whole (it would not fit in memory), redirects
+    # last and none below an earlier one (damaging what lies behind one would block on its FIFO).
+    late = {"grow": 1, "redirect": 2}
+    h5_damages = sorted((d for d in damages if d[0] not in ("truncate", "overwrite")), key=lambda d: late.get(d[0], 0))
+    redirected: list[str] = []
     with h5py.File(path, "r+") as f:
-        for kind, *args in (d for d in damages if d[0] not in ("truncate", "overwrite")):
+        for kind, *args in h5_damages:
+            if kind == "redirect":
+                if any(args[0] == done or args[0].startswith(f"{done}/") for done in redirected):
+                    continue
+                redirected.append(args[0])
             with contextlib.suppress(KeyError, OSError, TypeError, ValueError, RuntimeError):
                 _h5_damage(f, kind, *args)
     if open_for_write:
@@ -158,9 +172,67 @@ def mark_open_for_write(path: Path) -> None:
     snapshot.replace(path)
 
 
+def elsewhere(f: h5py.File) -> Path:
+    """A FIFO beside the file: nothing writes to it, so a reader that opens it blocks for ever."""
+    fifo = Path(f.filename).with_name("elsewhere.fifo")
+    if not fifo.exists():
+        os.mkfifo(fifo)
+    return fifo
+
+
+def redirect(f: h5py.File, path: str, how: str, target: Path) -> None:
+    """Make ``path`` read ``target``, another file, in one of the ways HDF5 allows. A dataset
+    keeps its shape and type (so only where its data lies is wrong); a group becomes a dataset."""
+    old = f[path]
+    shape, dtype = (old.shape, old.dtype) if isinstance(old, h5py.Dataset) else ((3,), np.dtype("i8"))
+    del f[path]
+    if how == "external-link":
+        f[path] = h5py.ExternalLink(str(target), "/")
+    elif how == "soft-link":  # itself inside the file, but it leads on through an external link
+        if "elsewhere" not in f:
+            f["elsewhere"] = h5py.ExternalLink(str(target), "/")
+        f[path] = h5py.SoftLink("/elsewhere")
+    elif how == "external-storage":  # the raw data lies in the target
+        f.create_dataset(path, shape, dtype, external=[(str(target), 0, h5py.h5f.UNLIMITED)])
+    else:  # virtual, growing with its source: even its shape is read from the target
+        unlimited = (None, *shape[1:])
+        layout = h5py.VirtualLayout(shape, dtype, maxshape=unlimited)
+        source = h5py.VirtualSource(str(target), "data", shape=shape, maxshape=unlimited)
+        layout[0:h5py.h5s.UNLIMITED] = source[0:h5py.h5s.UNLIMITED]
+        f.create_virtual_dataset(path, layout)
+
+
+def grow(f: h5py.File, path: str, rows: int) -> None:
+    """Give a dataset ``rows`` rows without writing them: a few bytes of metadata."""
+    ds = f[path]
+    if not isinstance(ds, h5py.Dataset) or ds.ndim == 0:
+        return
+    shape = (rows, *ds.shape[1:])
+    if ds.maxshape[0] is None:
+        ds.resize(shape)
+    else:  # fixed length (the tail, a rewritten dataset): an empty one of the new length
+        dtype = ds.dtype
+        del f[path]
+        f.create_dataset(path, shape=shape, dtype=dtype, maxshape=(None,) * len(shape), chunks=True)
+
+
+def rechunk(f: h5py.File, path: str, rows: int) -> None:
+    """Store a dataset, values kept, compressed in chunks of ``rows`` rows."""
+    old = f[path][()]
+    del f[path]
+    f.create_dataset(path, data=old, chunks=(rows, *old.shape[1:]), maxshape=(None, *old.shape[1:]),
+                     compression="gzip")
+
+
 def _h5_damage(f: h5py.File, kind: str, *args: Any) -> None:
     if kind == "delete":
         del f[args[0]]
+    elif kind == "redirect":
+        redirect(f, args[0], args[1], elsewhere(f) if len(args) < 3 else Path(f.filename).with_name(args[2]))
+    elif kind == "grow":
+        grow(f, args[0], args[1])
+    elif kind == "rechunk":
+        rechunk(f, args[0], args[1])
     elif kind == "attr":
         f[args[0]].attrs[args[1]] = h5py.Empty("f8") if args[2] is None else args[2]
     elif kind == "regroup":  # a dataset where a group belongs, or the other way round
@@ -325,6 +397,94 @@ def test_bug_damaged_metadata_of_a_killed_run_took_minutes_to_report(bases: dict
         h5py.File(path, "r")
     result = invoke(["report", path], named=path)
     assert result.exit_code == 2 and "params/module_type cannot be opened" in result.stderr
+
+
+def hostile(bases: dict[str, Path], tmp_path: Path, base: str, damages: Sequence[tuple[Any, ...]]) -> tuple[Path, Path]:
+    """A base run and its rank file, damaged alike; a killed writer's stays marked open for write."""
+    path, rank = tmp_path / f"{base}.h5", tmp_path / f"{base}.rank0.h5"
+    for source, target in ((bases[base], path), (bases[f"{base}-rank"], rank)):
+        shutil.copyfile(source, target)
+        apply(target, damages, open_for_write=base == "killed")
+    return path, rank
+
+
+def assert_every_reader_refuses(path: Path, rank: Path, fragment: str, work: Path) -> None:
+    """Each command ends with exit code 2 and one line naming the file and the problem."""
+    commands = [(["report", path], path), (["report", "--format", "json", path], path), (["check", path], path),
+                (["inspect", path], path), (["plot", path, "--kind", "layers", "--out", work / "x.png"], path),
+                (["merge", rank, "--out", work / "merged.h5"], rank)]
+    for args, named in commands:
+        result = invoke(args, CHECK_EXIT_CODES, named=named)
+        (line,) = result.stderr.strip().splitlines()
+        refused = result.exit_code == 2 and line.startswith(f"gfprobe: {named}: damaged run file: ")
+        assert refused and fragment in line, f"gfprobe {args[0]}: exit {result.exit_code}: {line}"
+
+
+# A reader blocked opening a FIFO never returns to Python, where the signal method would end it.
+@pytest.mark.timeout(120, method="thread")
+@pytest.mark.parametrize(("base", "damage", "fragment"), [
+    ("recorded", ("redirect", "attrs", "external-link"), "/attrs is an external link to another file"),
+    ("recorded", ("redirect", "attrs", "external-link", "other.h5"), "/attrs is an external link to another file"),
+    ("recorded", ("redirect", "steps/step", "external-link"), "steps/step is an external link"),
+    ("recorded", ("redirect", "params", "soft-link"), "/params is a soft link"),
+    ("recorded", ("redirect", "steps/step", "external-storage"), "steps/step keeps its data in another file"),
+    ("recorded", ("redirect", "stats/sumsq", "virtual"), "stats/sumsq is a virtual dataset"),
+    ("killed", ("redirect", "tail/steps", "external-link"), "tail/steps is an external link"),
+    ("killed", ("redirect", "tail", "soft-link"), "/tail is a soft link"),
+    ("killed", ("redirect", "tail/stats/sumsq", "external-storage"), "tail/stats/sumsq keeps its data in another"),
+    ("killed", ("redirect", "metrics/value", "virtual"), "metrics/value is a virtual dataset"),
+], ids=["external-link-group", "external-link-to-a-readable-file", "external-link-dataset", "soft-link",
+        "external-storage", "virtual", "live-tail-external-link", "live-tail-soft-link", "live-tail-external-storage",
+        "live-virtual"])
+def test_bug_a_link_or_dataset_reading_another_file_hung_or_leaked_it(bases: dict[str, Path], tmp_path: Path,
+                                                                     base: str, damage: tuple[Any, ...],
+                                                                     fragment: str) -> None:
+    """HDF5 lets a file read others: links to them, raw data in them, virtual datasets mapping
+    them. Following one to a FIFO blocked every command; to a readable file, showed its contents.
+    A run file holds its data itself: such a file is refused before anything is followed."""
+    shutil.copyfile(bases["recorded"], tmp_path / "other.h5")
+    path, rank = hostile(bases, tmp_path, base, [damage])
+    assert_every_reader_refuses(path, rank, fragment, tmp_path)
+
+
+STEP_TABLE = [f"steps/{c}" for c in schema.STEP_COLUMNS] + [f"stats/{f}" for f in schema.STAT_FIELDS]
+
+
+@pytest.mark.parametrize(("base", "damages", "fragment"), [
+    ("recorded", [("grow", p, 2**40) for p in STEP_TABLE], "steps/stream has 1099511627776 rows (2.0 TiB), more "
+                                                           "than a file of"),
+    ("recorded", [("grow", p, 3 * 10**8) for p in STEP_TABLE], "steps/stream has 300000000 rows (572.2 MiB)"),
+    ("killed", [("grow", "params/name", 2**40)], "params/name has 1099511627776 rows"),
+    ("killed", [("grow", "tail/steps/row", 2**40)], "tail/steps/row has 1099511627776 rows"),
+    ("recorded", [("rechunk", "steps/step", 2**22)], "steps/step is stored in chunks of 32.0 MiB"),
+], ids=["every-step-row", "rows-that-fit-in-memory", "live-parameters", "live-tail", "huge-chunks"])
+def test_bug_a_small_file_claiming_huge_extents_ran_out_of_memory(bases: dict[str, Path], tmp_path: Path, base: str,
+                                                                  damages: list[tuple[Any, ...]],
+                                                                  fragment: str) -> None:
+    """Resizing a dataset writes a few bytes, and its unwritten rows read as fill values: a small
+    file declared 2**40 rows (a NumPy MemoryError traceback) or 3e8 (minutes of reading, then out
+    of memory). No run file holds more than its size allows; such a file is refused at once. So is
+    one whose chunks are huge: reading one cell inflates a whole chunk (1 GiB from 1 MB of file)."""
+    path, rank = hostile(bases, tmp_path, base, damages)
+    assert_every_reader_refuses(path, rank, fragment, tmp_path)
+
+
+def test_a_read_that_runs_out_of_memory_names_the_file(bases: dict[str, Path],
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """The last resort, for a file too large for the machine: one line, not a traceback."""
+    from gfprobe.store import reader
+
+    def no_memory(*_: object, **__: object) -> Any:
+        raise MemoryError("Unable to allocate 9.00 TiB")
+
+    path = bases["recorded"]
+    with open_run(path) as run, pytest.raises(RunFileError, match=re.escape(f"{path}: not enough memory to read "
+                                                                             "its statistics (Unable to allocate")):
+        monkeypatch.setattr(reader.RunFile, "_rows", no_memory)
+        run.stream(0)
+    monkeypatch.setattr(reader, "validate", no_memory)
+    result = invoke(["report", path], named=path)
+    assert result.exit_code == 2 and f"{path}: not enough memory to check it" in result.stderr
 
 
 def test_bug_open_run_blamed_the_file_for_the_callers_error(bases: dict[str, Path]) -> None:

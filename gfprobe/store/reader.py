@@ -93,6 +93,8 @@ def _reading(what: str) -> Callable[[Callable[Concatenate[RunFile, P], R]], Call
             except _READ_ERRORS as exc:
                 raise RunFileError(f"{self.path}: damaged run file: cannot read its {what} "
                                    f"({short_error(exc)})") from exc
+            except MemoryError as exc:
+                raise _out_of_memory(self.path, f"read its {what}", exc) from None
 
         return wrapper
 
@@ -342,6 +344,15 @@ def _validate(path: Path, f: h5py.File) -> Layout:
         raise RunFileError(f"{path}: {exc}") from None
     except _READ_ERRORS as exc:
         raise RunFileError(f"{path}: damaged run file ({short_error(exc)})") from exc
+    except MemoryError as exc:
+        raise _out_of_memory(path, "check it", exc) from None
+
+
+def _out_of_memory(path: Path, doing: str, exc: MemoryError) -> RunFileError:
+    """The last resort for a file too large for this machine: validation already refuses the
+    extents no file of its size can hold, so this file may well be intact. Raised ``from None``
+    so that no traceback keeps the failed read's frames, and the arrays they hold, alive."""
+    return RunFileError(f"{path}: not enough memory to {doing} ({short_error(exc)})")
 
 
 def _refuse_shard(path: Path, metadata: dict[str, Any]) -> None:

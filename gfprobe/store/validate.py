@@ -6,11 +6,17 @@ A file whose writer is still running (status ``running``, also what a killed wri
 in flux: the writer grows one dataset after another, so a reader may see a column, parameter
 or statistic before its neighbours. Such a file is held to its consistent prefix (the readers
 take the shortest extent); a finished file must agree exactly.
+
+A run file holds all its data itself, so the check never follows a link out of it: every group
+and dataset a reader uses must be reached through hard links and store its data in the file,
+and no dataset may claim more data than the file's size can hold (a tiny file can declare
+terabytes of rows, which read as fill values until memory runs out).
 """
 
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, TypeGuard
@@ -27,6 +33,20 @@ _KINDS = {"S": "S", "i": "biu", "u": "biu", "f": "biuf"}
 # JSON attribute text nested deeper than this stays text: everything after the reader recurses.
 _JSON_DEPTH = 64
 _LIVE = "running"
+# Where a dataset may keep its data: in the file. External storage reads other files and a
+# virtual dataset maps them (a FIFO among them blocks the reader for ever; any other file leaks).
+_OWN_LAYOUTS = frozenset({h5py.h5d.COMPACT, h5py.h5d.CONTIGUOUS, h5py.h5d.CHUNKED})
+_LINK_KINDS = {h5py.h5l.TYPE_SOFT: "a soft link", h5py.h5l.TYPE_EXTERNAL: "an external link to another file"}
+# How many times its file's size one dataset may claim. Deflate (the writer's only compression)
+# inflates data at most 1032-fold and the tail is not compressed; comparing each dataset with the
+# whole file leaves room for the cells the writer never writes, which read as fill values (tail
+# slots not reached yet, the cells a later optimizer's columns add to earlier rows). Beyond it,
+# the extent was set by hand, not by writing rows.
+_MAX_EXPANSION = 1032
+# The largest chunk a dataset may have. Reading any cell of a compressed chunk inflates all of it,
+# so a 4 GiB chunk (HDF5's limit) of fill values, 4 MB compressed, costs 4 GiB of memory per read.
+# gfprobe's chunks are at most 64 KiB (ROW_CHUNK rows of S256 names).
+_MAX_CHUNK_BYTES = 16 * 2**20
 
 
 class Problem(Exception):
@@ -116,7 +136,7 @@ def _tail(tail: Any, live: bool) -> list[int]:
                               (schema.METRICS_TAIL_ROW, _metric_columns())):
         row = _column(tail, row_path, np.dtype("i8"), where=f"{schema.TAIL_GROUP}/")
         datasets = [_column(tail, path, dtype, ndim, where=f"{schema.TAIL_GROUP}/") for path, dtype, ndim in columns]
-        _agree([row, *datasets], f"the {schema.TAIL_GROUP}/{row_path.split('/')[0]} columns", live)
+        _fixed_slots([row, *datasets])
         widths += [ds.shape[1] for ds in datasets if ds.ndim == 2]
         if not live and (np.asarray(row[:]) != -1).any():
             raise Problem(f"damaged run file: it is finished, but {schema.TAIL_GROUP}/{row_path} marks rows "
@@ -133,14 +153,49 @@ def _metric_columns() -> list[tuple[str, np.dtype[np.generic], int]]:
     return [(f"metrics/{name}", dtype, 1) for name, dtype in schema.METRIC_COLUMNS.items()]
 
 
+def _fixed_slots(datasets: list[h5py.Dataset]) -> None:
+    """The tail's datasets never change length (table.py makes them ``ROW_CHUNK`` slots long)."""
+    for ds in datasets:
+        if ds.shape[0] != schema.ROW_CHUNK:
+            raise Problem(f"damaged run file: {ds.name.lstrip('/')} has {ds.shape[0]} rows, not the tail's "
+                          f"{schema.ROW_CHUNK}")
+
+
 def _get(group: h5py.Group, name: str, path: str) -> Any:
-    """The object at ``name`` below ``group``; None when there is none (a missing or dangling link)."""
-    if name not in group:
-        return None
+    """The object at ``name`` (parts joined by '/') below ``group``, reached through hard links
+    only; None when there is none (a missing link, or a part that is not a group). ``path`` is how
+    messages show it, ending in ``name``.
+
+    Each link is looked at before it is followed: following an external link opens another file,
+    and a soft link may lead through one. ``name in group`` and h5py's ``get(..., getlink=True)``
+    would follow the links of a multi-part name's leading parts, so the name is walked part by part.
+    """
+    found: Any = group
+    above, parts = path.removesuffix(name), name.split("/")
+    for depth, part in enumerate(parts, start=1):
+        if not isinstance(found, h5py.Group):
+            return None
+        found = _follow(found, part, above + "/".join(parts[:depth]))
+        if found is None:
+            return None
+    return found
+
+
+def _follow(group: h5py.Group, part: str, path: str) -> Any:
+    """The object the hard link ``part`` of ``group`` (shown as ``path``) leads to; None when there
+    is no link ``part``."""
+    link = part.encode()
     try:
-        return group[name]
+        if not group.id.links.exists(link):  # looks at the link only, whatever it leads to
+            return None
+        kind = group.id.links.get_info(link).type
+        if kind == h5py.h5l.TYPE_HARD:
+            return group[part]
     except (KeyError, OSError, RuntimeError, ValueError) as exc:  # h5py says KeyError for a bad header too
         raise Problem(f"damaged run file: {path} cannot be opened ({short_error(exc)})") from exc
+    what = _LINK_KINDS.get(kind, "a user-defined link")
+    raise Problem(f"damaged run file: {path} is {what}, not an object in the file; gfprobe reads only "
+                  "data the run file holds itself")
 
 
 def _group(f: h5py.File, name: str) -> h5py.Group:
@@ -157,12 +212,51 @@ def _column(group: h5py.Group, name: str, dtype: np.dtype[np.generic], ndim: int
     found = _get(group, name, path)
     if not isinstance(found, h5py.Dataset):
         raise Problem(f"damaged run file: {'no' if found is None else 'not a'} dataset {path}")
+    _check_storage(found, path)  # first: even the shape of a virtual dataset may open other files
     if found.ndim != ndim:
         raise Problem(f"damaged run file: {path} has {found.ndim} dimensions, not {ndim}")
     if found.dtype.kind not in _KINDS[dtype.kind] or found.dtype.names is not None:
         wanted = "text" if dtype.kind == "S" else "integers" if dtype.kind in "iu" else "numbers"
         raise Problem(f"damaged run file: {path} holds {found.dtype}, not {wanted}")
+    _check_extent(found, path)
     return found
+
+
+def _check_storage(ds: h5py.Dataset, path: str) -> None:
+    """Refuse a dataset whose data lies outside the file, from its creation properties alone."""
+    dcpl = ds.id.get_create_plist()
+    layout = dcpl.get_layout()
+    if layout == h5py.h5d.VIRTUAL:
+        raise Problem(f"damaged run file: {path} is a virtual dataset, whose data lies in other files; "
+                      "gfprobe reads only data the run file holds itself")
+    if dcpl.get_external_count():
+        raise Problem(f"damaged run file: {path} keeps its data in another file (external storage); "
+                      "gfprobe reads only data the run file holds itself")
+    if layout not in _OWN_LAYOUTS:
+        raise Problem(f"damaged run file: {path} has an unknown storage layout ({layout})")
+
+
+def _check_extent(ds: h5py.Dataset, path: str) -> None:
+    """Refuse a dataset that claims more data than its file can hold, or chunks far larger than
+    gfprobe writes: reading it would allocate memory for every claimed value (fill values
+    included) and run out of it, or grind."""
+    claimed = math.prod(ds.shape) * ds.dtype.itemsize
+    size = ds.file.id.get_filesize()
+    if claimed > _MAX_EXPANSION * size:
+        rows = f"{ds.shape[0]} rows" + (f" of {ds.shape[1]} cells" if ds.ndim == 2 else "")
+        raise Problem(f"damaged run file: {path} has {rows} ({_bytes(claimed)}), more than a file of "
+                      f"{_bytes(size)} can hold")
+    chunk = math.prod(ds.chunks or ()) * ds.dtype.itemsize
+    if ds.chunks is not None and chunk > _MAX_CHUNK_BYTES:
+        raise Problem(f"damaged run file: {path} is stored in chunks of {_bytes(chunk)}, more than the "
+                      f"{_bytes(_MAX_CHUNK_BYTES)} a run file's chunks may have")
+
+
+def _bytes(n: int) -> str:
+    """``n`` bytes in the largest binary unit it reaches, to one decimal."""
+    units = ("bytes", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB")
+    power = min(max(n.bit_length() - 1, 0) // 10, len(units) - 1)
+    return f"{n} bytes" if power == 0 else f"{n / 1024**power:.1f} {units[power]}"
 
 
 def _agree(datasets: list[h5py.Dataset], what: str, live: bool) -> int:
