@@ -59,7 +59,8 @@ class RecordResult:
     exit_code: int
     files: list[Path]
     notes: list[str] = field(default_factory=list)  # what became of a sharded run's rank files
-    failures: list[str] = field(default_factory=list)  # why processes that trained recorded nothing
+    # Why processes that trained recorded nothing; None when they had nowhere to say (no ledger).
+    failures: list[str] | None = field(default_factory=list)
 
 
 def parse_metric(spec: str) -> tuple[str, str]:
@@ -186,16 +187,19 @@ def _private_ledger() -> Iterator[Path | None]:
     try:
         folder = tempfile.TemporaryDirectory(prefix="gfprobe-", ignore_cleanup_errors=True)
     except OSError:
+        folder = None
+    if folder is None:
         yield None
         return
     with folder as private:
         yield Path(private) / "ledger.jsonl"
 
 
-def _read_ledger(ledger: Path | None) -> list[str]:
-    """The failures the command's processes reported (see ``autoattach._tell_launcher``)."""
+def _read_ledger(ledger: Path | None) -> list[str] | None:
+    """The failures the command's processes reported (see ``autoattach._tell_launcher``); None
+    when they could not report any."""
     if ledger is None:
-        return []
+        return None
     try:
         lines = ledger.read_text(encoding="utf-8", errors="replace").splitlines()
     except OSError:
@@ -313,9 +317,9 @@ class _relay_signals:
         else:
             self._send(signum)
 
-    def _relay_before_start(self, signum: int, _frame: FrameType | None) -> None:
-        if self.child is None:  # the terminal's Ctrl-C reached us alone: the command did not exist yet
-            self._held.append(signum)
+    def _relay_before_start(self, signum: int, frame: FrameType | None) -> None:
+        if self.child is None:  # the terminal's Ctrl-C may have come before the command existed
+            self._relay(signum, frame)
 
     def _send(self, signum: int) -> None:
         assert self.child is not None

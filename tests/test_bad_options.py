@@ -259,6 +259,25 @@ def test_bug_deeply_nested_study_file_is_one_line(tmp_path: Path) -> None:
     assert not (tmp_path / "out").exists()  # refused before anything was made
 
 
+# Also valid TOML: tomllib turns the digits into an int, past Python's 4,300-digit conversion limit.
+HUGE_INTEGER = "x = " + "9" * 5000 + "\n"
+
+
+@pytest.mark.parametrize("where", ["--config", "pyproject", "study"])
+def test_bug_an_integer_of_5000_digits_was_a_traceback(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                       where: str) -> None:
+    monkeypatch.chdir(tmp_path)
+    if where == "study":
+        path = tmp_path / "study.toml"
+        path.write_text("[[grid]]\n" + HUGE_INTEGER)
+        result = invoke(["scsdc", "run", "--config", str(path), "--out", str(tmp_path / "out")])
+    else:
+        path = tmp_path / ("pyproject.toml" if where == "pyproject" else "check.toml")
+        path.write_text("[tool.gfprobe.check]\n" + HUGE_INTEGER)
+        result = invoke(["check", str(RUN), *(["--config", str(path)] if where == "--config" else [])])
+    assert_refused(result, f"{path}: a value cannot be read", "4300")
+
+
 # ---------------------------------------------------------------- scsdc plan and report
 
 

@@ -296,7 +296,7 @@ def run_every_reader(path: Path, rank_file: Path, work: Path) -> None:
     merged.unlink(missing_ok=True)
 
 
-@pytest.mark.timeout(900)
+@pytest.mark.timeout(900, method="thread")  # a reader blocked on a FIFO never returns to Python to be signalled
 @settings(max_examples=EXAMPLES, deadline=None, derandomize=True, database=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture])  # the environment fixture: same for all
 @given(base=st.sampled_from(["recorded", "killed"]), damages=st.lists(damage, min_size=1, max_size=3))

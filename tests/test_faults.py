@@ -35,7 +35,7 @@ from gfprobe import launcher
 from gfprobe.adapters.torch_probe import FLUSH_SECONDS
 from gfprobe.cli import main as gfprobe_cli
 from gfprobe.errors import RunFileError
-from gfprobe.store import publish
+from gfprobe.store import writer as writer_module
 from gfprobe.store.reader import open_run
 from gfprobe.store.writer import RunWriter
 
@@ -442,24 +442,29 @@ def test_bug_a_file_system_without_record_locks_stopped_recording(tmp_path: Path
     monkeypatch.setattr(fcntl, "lockf", no_locks)
     out = tmp_path / "run.h5"
     writer = RunWriter(out, {"command": ["train.py"]}, {})
-    assert not publish.is_being_written(out)  # without locks, nothing can say so
     writer.close("complete", {})
     assert attrs_of(out)["status"] == "complete"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run.h5"]
 
 
-def test_the_write_lock_marks_the_file_from_the_moment_it_has_its_name(tmp_path: Path) -> None:
-    out = tmp_path / "run.h5"
-    writer = RunWriter(out, {"command": ["train.py"]}, {})
-    try:
+def test_the_write_lock_marks_the_file_from_the_moment_it_has_its_name(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[bool] = []
+
+    def asked_right_after_publishing(temp: Path, path: Path) -> Path:
+        published = publish_free(temp, path)
         # Asked from another process: a process's own POSIX locks never conflict with it.
         busy = subprocess.run([PY, "-c", "import sys; from pathlib import Path; "
                                "from gfprobe.store.publish import is_being_written; "
-                               "sys.exit(0 if is_being_written(Path(sys.argv[1])) else 1)", str(out)],
+                               "sys.exit(0 if is_being_written(Path(sys.argv[1])) else 1)", str(published)],
                               timeout=60, env=child_env())
-        assert busy.returncode == 0, "the published file is not marked as being written"
-    finally:
-        writer.close("complete", {})
+        seen.append(busy.returncode == 0)
+        return published
+
+    publish_free = writer_module._publish_free
+    monkeypatch.setattr(writer_module, "_publish_free", asked_right_after_publishing)
+    RunWriter(tmp_path / "run.h5", {"command": ["train.py"]}, {}).close("complete", {})
+    assert seen == [True], "the file had its name before it was marked as being written"
 
 
 def test_bug_no_temporary_folder_was_a_traceback_before_the_command_ran(tmp_path: Path,
@@ -473,6 +478,10 @@ def test_bug_no_temporary_folder_was_a_traceback_before_the_command_ran(tmp_path
     result = launcher.run([PY, FAULTY, "--steps", str(STEPS)], launcher.RecordOptions(out=out))
     assert result.exit_code == 0
     assert result.files == [out] and recorded_steps(out) == list(range(STEPS))
+    # Nothing recorded and no way to learn why: the command's 0 is kept, not "never trained" (3).
+    empty = CliRunner().invoke(gfprobe_cli, ["record", "--out", str(tmp_path / "none.h5"), "--", PY, "-c", "pass"])
+    assert empty.exit_code == 0, empty.output
+    assert "why cannot be known" in empty.output and "never stepped" not in empty.output
 
 
 # -- F. the output path is checked before the command starts ---------------------------------
@@ -538,11 +547,13 @@ def test_bad_out_exits_2_before_the_command_runs(tmp_path: Path, request: pytest
     assert sorted(p.name for p in tmp_path.rglob("*")) == before, "something was created"
 
 
-def test_bug_force_would_delete_a_device_node_given_as_out(tmp_path: Path) -> None:
-    """Run as root, ``--out /dev/null --force`` reached ``unlink``: refused as not a regular file."""
-    result = gfprobe_record("--force", "--out", os.devnull, "--", PY, "-c", "pass", cwd=tmp_path)
+def test_bug_force_would_delete_a_file_that_is_not_a_regular_one(tmp_path: Path) -> None:
+    """``--out /dev/null --force``, run as root, reached ``unlink``: the same for a FIFO here."""
+    fifo = tmp_path / "pipe.h5"
+    os.mkfifo(fifo)
+    result = gfprobe_record("--force", "--out", str(fifo), "--", PY, "-c", "pass", cwd=tmp_path)
     assert_one_line_error(result, "--out", "not a regular file")
-    assert Path(os.devnull).exists() and not Path(os.devnull).is_file()
+    assert fifo.is_fifo(), "the FIFO was replaced"
 
 
 def test_unknown_option_exits_2_naming_it(tmp_path: Path) -> None:

@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 
 from gfprobe.analysis.correlation import MIN_INTERVAL_RUNS
 from gfprobe.cli import main
-from gfprobe.render.safe import markdown, printable
+from gfprobe.render.safe import inline, markdown, printable
 from gfprobe.store.schema import STAT_FIELDS
 from gfprobe.store.writer import ParamInfo, RunWriter, StepBlock
 
@@ -209,7 +209,14 @@ def test_printable_ascii_passes_unchanged_but_workflow_command_openers(value: st
     if "::" not in value and "##[" not in value:
         assert shown == value
     assert "::" not in shown and "##[" not in shown
-    assert shown.replace(":\\x3a", "::").replace("##\\x5b", "##[") == value  # nothing else changed
+    if "\\x3a" not in value and "\\x5b" not in value:  # else the escapes' text was there already
+        assert shown.replace(":\\x3a", "::").replace("##\\x5b", "##[") == value  # nothing else changed
+
+
+def test_message_lines_keep_double_colons_and_break_up_the_other_opener() -> None:
+    """After 'gfprobe: ' a '::' starts no workflow command (torch's 'c10::Error' reads as written);
+    '##[' does anywhere in a line."""
+    assert inline("c10::Error at ##[error]x\x1b") == "c10::Error at ##\\x5berror]x\\x1b"
 
 
 @pytest.mark.parametrize("name", ["::error::x.h5", "::error title=t::x", "a ##[error]b", ":::", "a::b::c"])

@@ -17,12 +17,12 @@ from __future__ import annotations
 
 import difflib
 import math
-import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from gfprobe.errors import ConfigError
+from gfprobe.tomlfile import read_toml
 
 # Each rule's settings and defaults. Defaults are set so that healthy training passes: on the 240
 # MNIST-1D runs of docs/science-check.md the largest values were a coefficient of variation of
@@ -68,18 +68,7 @@ def load_config(path: Path | None = None, cwd: Path | None = None) -> tuple[Conf
     source = path if path is not None else find_pyproject((cwd or Path.cwd()).resolve())
     if source is None:
         return validate({}), None
-    try:
-        document = tomllib.loads(source.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"--config {source}: no such file") from None
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"{source}: not UTF-8 text ({exc.reason} at byte {exc.start}); save it as UTF-8") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{source}: not valid TOML ({exc})") from None
-    except RecursionError:  # tomllib recurses once per nested array or inline table
-        raise ConfigError(f"{source}: arrays or inline tables nested too deeply to read; flatten them") from None
-    except OSError as exc:
-        raise ConfigError(f"{source}: cannot read it ({exc.strerror or exc}); check its permissions") from None
+    document = read_toml(source, f"--config {source}" if path is not None else str(source))
     table = _check_table(document, str(source))
     if table is None:
         table = {} if path is None else document  # a pyproject without the table: the defaults

@@ -24,7 +24,8 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
-from gfprobe.analysis.correlation import freeze, group_of
+from gfprobe.analysis.attrs import freeze
+from gfprobe.analysis.correlation import group_of
 from gfprobe.analysis.report import RunSummary
 from gfprobe.errors import ConfigError
 

@@ -12,7 +12,7 @@ from rich.console import Console
 
 from gfprobe.errors import GfprobeError
 from gfprobe.render.formats import FORMATS
-from gfprobe.render.safe import printable
+from gfprobe.render.safe import inline
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -33,7 +33,7 @@ class UserError(click.ClickException):
 def say(message: str) -> None:
     """One ``gfprobe:`` line on stderr. Messages name paths and values read from files: they are
     shown, never obeyed, by the terminal (or a CI log)."""
-    click.echo(f"gfprobe: {printable(message)}", err=True)
+    click.echo(f"gfprobe: {inline(message)}", err=True)
 
 
 def handle_errors(func: F) -> F:

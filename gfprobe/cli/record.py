@@ -73,6 +73,10 @@ def record(out: str | None, force: bool, every: int, masks: str, metrics: tuple[
 def _nothing_recorded(command: tuple[str, ...], result: launcher.RecordResult) -> UserError:
     """Why no file came out. When recording failed, the command's own exit code is kept: gfprobe's
     failure never changes the job's result. A command that never trained exits 3 if it succeeded."""
+    if result.failures is None:  # the processes had nowhere to say why: recording may have failed
+        return UserError(f"nothing was recorded, and why cannot be known (gfprobe had no temporary folder for "
+                         f"the command's processes to report in); the command's exit code {result.exit_code} "
+                         "is kept", exit_code=result.exit_code)
     if result.failures:
         return UserError(f"nothing was recorded: recording failed ({'; '.join(result.failures)}); "
                          f"the command's exit code {result.exit_code} is kept", exit_code=result.exit_code)

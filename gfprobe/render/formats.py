@@ -44,6 +44,14 @@ def sparkline(values: np.ndarray, width: int = 16) -> str:
     return "".join(_BARS[round(s * (len(_BARS) - 1))] for s in scaled)
 
 
+def order_key(value: Any) -> tuple[int, Any, str]:
+    """Where an attribute value sorts: numbers in order, then everything else by its text (a list
+    or table value has no order of its own, and values of mixed types none with each other)."""
+    if isinstance(value, int | float | np.number) and not isinstance(value, bool):
+        return 0, value, ""  # not float(): an integer past 1e308 has none
+    return 1, 0, str(value)
+
+
 def to_json(payload: Any) -> str:
     """Strict JSON: NaN and infinities, which JSON has no words for, become null (a run's
     attributes may hold them: ``record --attr lr=NaN``).

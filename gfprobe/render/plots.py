@@ -26,7 +26,8 @@ from gfprobe.analysis.report import RunSummary
 from gfprobe.analysis.scsdc import Comparison
 from gfprobe.analysis.series import RunSeries
 from gfprobe.errors import ConfigError, GfprobeError
-from gfprobe.render.safe import printable
+from gfprobe.render.formats import order_key
+from gfprobe.render.safe import visible
 from gfprobe.summary import describe_runs
 
 KINDS = ("layers", "measures", "scatter", "scsdc")
@@ -67,8 +68,9 @@ def _label(path: Path) -> str:
 
 
 def _plain(value: object) -> str:
-    """Text from a run file as matplotlib shows it: printable, and ``$`` never starts mathtext."""
-    return printable(value).replace("$", r"\$")
+    """Text from a run file as matplotlib shows it: visible (an image reaches no CI log, so '::'
+    stays as it is), and ``$`` never starts mathtext."""
+    return visible(value).replace("$", r"\$")
 
 
 def _log_axis(ax: Any, axis: str = "y") -> None:
@@ -204,16 +206,6 @@ def plot_scatter(runs: Sequence[RunSummary], out: Path, metric: str = "test_acc"
     return _save(fig, out)
 
 
-def _x_order(value: Any) -> tuple[int, Any, str]:
-    """Numbers in order, then everything else by its text: a list or table value (any JSON) has
-    no order of its own, and values of mixed types none with each other."""
-    if value is None:
-        return 0, 0, ""
-    if isinstance(value, int | float | np.number):
-        return 0, value, ""  # not float(): an integer past 1e308 has none
-    return 1, 0, str(value)
-
-
 def _tick(value: Any) -> str:
     return f"{value:g}" if isinstance(value, float) else _plain(value)
 
@@ -237,7 +229,7 @@ def plot_scsdc(comparisons: Sequence[Comparison], out: Path, metric: str = "test
     for ax in axes[1:]:
         ax.sharey(axes[0])
     for ax, key in zip(axes, keys, strict=True):
-        members = sorted(panels[key], key=lambda c: _x_order(c.config.get(x_key) if x_key else None))
+        members = sorted(panels[key], key=lambda c: order_key(c.config.get(x_key) if x_key else None))
         positions = np.arange(len(members))
         for offset, side in ((-0.2, "sparse"), (0.2, "dense")):
             sides = [getattr(c, side) for c in members]

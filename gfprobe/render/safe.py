@@ -31,9 +31,15 @@ def printable(value: object) -> str:
     """
     text = visible(value)
     for opener, shown in _WORKFLOW_OPENERS.items():
-        if opener in text:
-            text = text.replace(opener, shown)
+        text = text.replace(opener, shown)
     return text
+
+
+def inline(value: object) -> str:
+    """Like :func:`printable`, for text that follows a fixed prefix on a line of its own
+    (``gfprobe: <message>``): there ``::`` starts nothing (``c10::Error`` stays as it is), while
+    ``##[`` does anywhere."""
+    return visible(value).replace("##[", _WORKFLOW_OPENERS["##["])
 
 
 def visible(value: object) -> str:

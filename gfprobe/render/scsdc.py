@@ -14,7 +14,7 @@ from rich.table import Table
 from rich.text import Text
 
 from gfprobe.analysis.scsdc import ALPHA, Cell, Comparison, Side
-from gfprobe.render.formats import fmt, to_csv, to_markdown
+from gfprobe.render.formats import fmt, order_key, to_csv, to_markdown
 from gfprobe.render.layout import HEADER_WORD, Build, Column, fit, header
 from gfprobe.render.safe import Markdown, markdown, text
 from gfprobe.study import names
@@ -58,9 +58,8 @@ def _determined_by(rows: Sequence[Comparison], key: str, other: str) -> bool:
 
 
 def _sort_key(row: Comparison, keys: Sequence[str]) -> tuple[Any, ...]:
-    """Numbers as numbers, everything else as text, in the order of the shown keys."""
-    return tuple((0, v, "") if isinstance(v := row.config.get(k), int | float) and not isinstance(v, bool)
-                 else (1, 0, str(v)) for k in keys)
+    """Each shown key's value in :func:`order_key`'s order, in the order of the keys."""
+    return tuple(order_key(row.config.get(k)) for k in keys)
 
 
 def _side(side: Side | None) -> str:

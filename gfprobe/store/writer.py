@@ -94,24 +94,20 @@ class RunWriter:
         temp = temp_path(path)
         temp.unlink(missing_ok=True)  # left by an earlier process with this pid
         self._file = h5py.File(temp, "x", libver="latest")
-        held: list[SpaceReserve | WriteLock] = []
-        try:
+        with contextlib.ExitStack() as undo:  # on any failure: release, close, and leave no temporary
+            undo.callback(temp.unlink, missing_ok=True)
+            undo.callback(self._file.close)
             # Both hold the file, not its name: they stay with it when it is published (a hard link).
             self._space = SpaceReserve(temp)
-            held.append(self._space)
+            undo.callback(self._space.release)
             self._lock = WriteLock(temp)
-            held.append(self._lock)
+            undo.callback(self._lock.release)
             self._space.ensure(len(json.dumps({**metadata, **attrs}, default=str)) * 2)
             self._write_header(metadata, attrs)
             self._create_layout()
             self._file.swmr_mode = True  # writes the header and layout to disk
             self.path = self._space.path = _publish_free(temp, path)
-        except BaseException:
-            self._file.close()
-            temp.unlink(missing_ok=True)
-            for resource in held:
-                resource.release()
-            raise
+            undo.pop_all()
         self._records = GrowingTable(self._file, _record_columns(), schema.RECORDS_TAIL_ROW)
         self._metrics = GrowingTable(self._file, _metric_columns(), schema.METRICS_TAIL_ROW)
         self._n_params = 0

@@ -30,7 +30,6 @@ from __future__ import annotations
 import difflib
 import itertools
 import math
-import tomllib
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -38,6 +37,7 @@ from typing import Any
 
 from gfprobe.errors import ConfigError
 from gfprobe.study import names
+from gfprobe.tomlfile import read_toml
 
 # Settings: one value per run, shared unless a grid overrides them.
 SETTINGS: dict[str, Any] = {
@@ -127,18 +127,7 @@ class Study:
 
 def load_study(path: Path) -> Study:
     """Read and validate a study file."""
-    try:
-        document = tomllib.loads(path.read_bytes().decode("utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: no such study file") from None
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start}); save it as UTF-8") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML ({exc})") from None
-    except RecursionError:  # tomllib recurses once per nested array or inline table
-        raise ConfigError(f"{path}: arrays or inline tables nested too deeply to read; flatten them") from None
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read the study file ({exc.strerror or exc})") from None
+    document = read_toml(path, str(path), "study file")
     return parse_study(document, source=str(path), default_name=path.stem)
 
 
