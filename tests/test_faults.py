@@ -376,6 +376,49 @@ def test_sigint_at_every_moment_of_gfprobe_start_up_is_quiet(tmp_path: Path) -> 
     assert not problems, "SIGINT during start-up:\n" + "\n".join(problems)
 
 
+def started_command(pid: int) -> int | None:
+    """The child of ``pid`` once it runs the training script, else None. Before its exec the
+    child is a copy of gfprobe (whose own arguments name the script), and a signal sent then is
+    lost, as in any fork-and-exec: only ``python FAULTY ...`` as its arguments counts."""
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        child = int(children[0]) if children else None
+        if child is not None and Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")[1:2] == [FAULTY.encode()]:
+            return child
+    except OSError:
+        pass
+    return None
+
+
+@pytest.mark.slow
+def test_sigint_at_every_moment_of_the_commands_start_up_is_quiet(tmp_path: Path) -> None:
+    """A Ctrl-C that reaches the command while gfprobe's bootstrap arms it (its sitecustomize):
+    it was Python's "Fatal Python error: init_import_site" with a traceback through gfprobe and
+    exit 1 (seen once in 40 SIGINTs). A sweep over the first 300 ms of the command's Python,
+    4 ms apart; the signal goes to the command itself, as a terminal's Ctrl-C does."""
+    problems = []
+    for i in range(75):
+        delay = i * 0.004
+        with recording("--out", str(tmp_path / f"run{i}.h5"), "--", PY, FAULTY, "--forever",
+                       "--pid-file", str(tmp_path / "pid")) as proc:
+            wait_until(lambda: started_command(proc.pid) is not None, 120, "the command to start", proc)
+            command = started_command(proc.pid)
+            time.sleep(delay)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(command or proc.pid, signal.SIGINT)
+            try:
+                _, err = proc.communicate(timeout=120)
+            except subprocess.TimeoutExpired:
+                problems.append(f"{delay * 1000:.0f} ms: gfprobe ran on for 120 s after SIGINT")
+                continue
+        frames = gfprobe_frames(err)
+        if frames:
+            problems.append(f"{delay * 1000:.0f} ms: a traceback through gfprobe's code ({frames[-1]})")
+        if (tmp_path / "pid").exists():
+            break  # the script's own code runs: the start-up is over
+    assert not problems, "SIGINT during the command's start-up:\n" + "\n".join(problems)
+
+
 # -- D, H. the exit status tells the truth; the training is unchanged -------------------------
 @pytest.mark.parametrize(("end", "exit_code", "status"),
                          [("clean", 0, "complete"), ("exit3", 3, "failed"), ("raise", 1, "failed")])
