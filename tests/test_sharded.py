@@ -36,6 +36,19 @@ def torchrun(*args: str) -> list[str]:
             str(SCRIPTS / "train_fsdp.py"), *args]
 
 
+def plain_torchrun(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """The reference run, without gfprobe. On a loaded machine torch's gloo threads sometimes abort
+    a rank at exit ("terminate called without an active exception", exit -6), gfprobe or not (seen
+    once in four full suites, with two other jobs running): such a run is retried once. The runs
+    under gfprobe are never retried."""
+    for _ in range(2):
+        plain = subprocess.run(torchrun(*args), capture_output=True, text=True, timeout=180, cwd=cwd,
+                               env=child_env())
+        if plain.returncode == 0 or "terminate called without an active exception" not in plain.stderr:
+            break
+    return plain
+
+
 def stream_of(path: Path) -> StreamData:
     with open_run(path) as run:
         assert run.metadata["status"] == "complete"
@@ -85,8 +98,7 @@ def test_sharded_training_records_the_full_gradient_exactly(tmp_path: Path, mode
     assert_equal_to_full_gradients(stream, torch.load(single)["steps"], rtol=1e-5)  # same global batch
 
     # Never harm the job: the same output, final weights included, and exit code without gfprobe.
-    plain = subprocess.run(torchrun("--mode", mode, "--save", str(tmp_path / "plain.pt")), capture_output=True,
-                           text=True, timeout=180, cwd=tmp_path, env=child_env())
+    plain = plain_torchrun(tmp_path, "--mode", mode, "--save", str(tmp_path / "plain.pt"))
     assert plain.returncode == 0, plain.stderr
     assert_same_output(plain, result)
 
@@ -99,8 +111,7 @@ def test_ddp_rank0_by_default_every_rank_with_all_ranks(tmp_path: Path) -> None:
     assert sorted(default.parent.glob("*.h5")) == [default]
     seen = torch.load(saved)["steps"]
     assert_equal_to_full_gradients(stream_of(default), seen, rtol=1e-6)
-    plain = subprocess.run(torchrun("--mode", "ddp", "--save", str(tmp_path / "plain.pt")), capture_output=True,
-                           text=True, timeout=180, cwd=tmp_path, env=child_env())
+    plain = plain_torchrun(tmp_path, "--mode", "ddp", "--save", str(tmp_path / "plain.pt"))
     assert_same_output(plain, result)
 
     every = tmp_path / "all" / "run.h5"
