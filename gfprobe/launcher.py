@@ -187,12 +187,9 @@ def _private_ledger() -> Iterator[Path | None]:
     try:
         folder = tempfile.TemporaryDirectory(prefix="gfprobe-", ignore_cleanup_errors=True)
     except OSError:
-        folder = None
-    if folder is None:
-        yield None
-        return
-    with folder as private:
-        yield Path(private) / "ledger.jsonl"
+        folder = None  # yielded outside the handler: the command's errors are not chained to this one
+    with folder or contextlib.nullcontext() as private:
+        yield Path(private) / "ledger.jsonl" if private else None
 
 
 def _read_ledger(ledger: Path | None) -> list[str] | None:
