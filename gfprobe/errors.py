@@ -1,9 +1,13 @@
-"""The exceptions gfprobe raises for problems a user can act on.
+"""The exceptions gfprobe raises for problems a user can act on, and the helpers their messages share.
 
 The library raises these; only the CLI turns them into one-line messages and exit codes.
 """
 
 from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+from typing import Any
 
 
 class GfprobeError(Exception):
@@ -16,3 +20,15 @@ class RunFileError(GfprobeError):
 
 class ConfigError(GfprobeError):
     """An option or argument has a value gfprobe cannot use."""
+
+
+def did_you_mean(word: str, allowed: Iterable[str]) -> str:
+    """`` (did you mean 'x'?)`` for the closest of ``allowed`` to a misspelt ``word``; "" if none is close."""
+    close = difflib.get_close_matches(word, list(allowed), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def short(value: Any) -> str:
+    """A value for a one-line message: long strings and tables cut."""
+    text = repr(value)
+    return text if len(text) <= 60 else f"{text[:57]}..."

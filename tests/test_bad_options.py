@@ -5,7 +5,6 @@ over random input (hypothesis, derandomized)."""
 
 from __future__ import annotations
 
-import importlib
 import json
 import math
 import os
@@ -29,7 +28,6 @@ from gfprobe.study import config as study_config
 from gfprobe.study import runner
 from gfprobe.study.config import load_study
 
-scsdc_cli = importlib.import_module("gfprobe.cli.scsdc")  # the package's `scsdc` is the click group
 RUNS = Path(__file__).parent.parent / "fixtures" / "runs"
 RUN = RUNS / "dense.h5"
 ALL_RUNS = [str(RUNS / name) for name in ("dense.h5", "sparse.h5", "amp.h5")]
@@ -367,7 +365,7 @@ def test_scsdc_run_and_demo_print_progress_lines_when_not_a_terminal(tmp_path: P
     for name in ("FORCE_COLOR", "FORCE_TERMINAL", "TTY_COMPATIBLE", "TTY_INTERACTIVE"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setattr(runner, "LOG_EVERY_SECONDS", None)
-    monkeypatch.setattr(scsdc_cli, "validate", lambda study, options: None)
+    monkeypatch.setattr(runner, "check_study", lambda study, options: None)
     monkeypatch.setattr(runner, "run_study", fake_study)
     result = invoke([*command, "--out", str(tmp_path / "study")])
     progress = [line for line in result.stderr.splitlines() if " runs done, " in line]
@@ -489,7 +487,7 @@ def no_training(monkeypatch: pytest.MonkeyPatch) -> None:
     """``scsdc run`` up to training: every check of the study and its plans, no device or data set."""
     from gfprobe.study import data
 
-    monkeypatch.setattr(scsdc_cli, "_check_device", lambda device: None)
+    monkeypatch.setattr(runner, "check_device", lambda device: None)
     monkeypatch.setattr(data, "load", lambda *args: None)
     monkeypatch.setattr(runner, "run_study", lambda *args: runner.StudyOutcome())
 

@@ -9,7 +9,6 @@ tries N damaged files instead of 12, for a longer sweep.
 from __future__ import annotations
 
 import contextlib
-import importlib
 import json
 import os
 import re
@@ -626,8 +625,8 @@ def test_bug_progress_bar_made_captured_output_depend_on_timing(bases: dict[str,
                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     """The bar appeared on stderr whenever reading took over a second: golden tests failed on a
     busy machine. It is for terminals only."""
-    report = importlib.import_module("gfprobe.cli.report")  # the package's ``report`` is the command
+    from gfprobe.cli import _common
 
-    monkeypatch.setattr(report, "PROGRESS_AFTER_SECONDS", -1.0)
+    monkeypatch.setattr(_common, "PROGRESS_AFTER_SECONDS", -1.0)
     result = invoke(["report", bases["recorded"], bases["killed"]])
     assert result.exit_code == 0 and result.stderr == ""

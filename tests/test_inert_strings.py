@@ -5,7 +5,6 @@ in its titles, the correlation interval with few runs, and tables at 80 columns.
 
 from __future__ import annotations
 
-import importlib
 import json
 import re
 import warnings
@@ -441,7 +440,7 @@ def test_bug_study_name_in_the_progress_bar_is_text(tmp_path: Path, monkeypatch:
             on_run(spec, None)
         return runner.StudyOutcome()
 
-    monkeypatch.setattr(importlib.import_module("gfprobe.cli.scsdc"), "validate", lambda study, options: None)
+    monkeypatch.setattr(runner, "check_study", lambda study, options: None)
     monkeypatch.setattr(runner, "run_study", fake_study)
     name = "[/][/]" + MARKUP + "\x1b]0;pwned\x07"
     config = tmp_path / "study.toml"

@@ -80,7 +80,7 @@ def test_no_weight_layers_gives_nan_not_a_crash() -> None:
 def test_measures_match_plain_autograd_on_a_masked_network(tmp_path) -> None:  # type: ignore[no-untyped-def]
     """Record a masked network with gfprobe and recompute every measure from .grad by hand."""
     import gfprobe
-    from gfprobe.analysis.report import weight_layer_stats
+    from gfprobe.analysis.layers import weight_layer_stats
     from gfprobe.store.reader import open_run
 
     torch.manual_seed(0)

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from conftest import FIXTURES
+from conftest import FIXTURES, Golden
 from scipy import stats
 
 from gfprobe.analysis.correlation import rank_correlation
@@ -26,7 +26,6 @@ PARAMS = [ParamInfo("fc1.weight", (8, 4), "weight", "Linear", "explicit"),
           ParamInfo("fc1.bias", (8,), "bias", "Linear"),
           ParamInfo("fc2.weight", (2, 8), "weight", "Linear", "explicit")]
 STEPS = 12
-GOLDEN = FIXTURES / "golden"
 
 
 def write_run(path: Path, attrs: dict[str, object], layer_l2: tuple[float, float], raw_scale: float,
@@ -177,17 +176,14 @@ def test_scsdc_statistics_match_scipy(study: tuple[Path, list[dict[str, object]]
     ],
 )
 def test_golden_report_sections(study: tuple[Path, list[dict[str, object]]], monkeypatch: pytest.MonkeyPatch,
-                                update_golden: bool, name: str, args: list[str]) -> None:
+                                golden: Golden, name: str, args: list[str]) -> None:
     folder, _ = study
     monkeypatch.chdir(folder)
     monkeypatch.setenv("NO_COLOR", "1")
     monkeypatch.setenv("GFPROBE_WIDTH", "110")
     result = CliRunner().invoke(main, ["report", ".", "--resamples", "200", *args])
     assert result.exit_code == 0, result.output
-    path = GOLDEN / f"report-{name}"
-    if update_golden:
-        path.write_text(result.stdout)
-    assert result.stdout == path.read_text()
+    golden(f"report-{name}", result.stdout)
 
 
 @pytest.mark.parametrize(

@@ -15,7 +15,7 @@ import h5py
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from conftest import FIXTURES, child_env
+from conftest import FIXTURES, Golden, child_env
 
 from gfprobe.cli import main
 from gfprobe.store.reader import open_run
@@ -221,16 +221,13 @@ def test_plan_json_contract_and_exact_equality() -> None:
             assert layer["sparse_active"] == layer["dense_active"] == int(np.prod(layer["dense_shape"]))
 
 
-def test_plan_table_golden(monkeypatch: pytest.MonkeyPatch, update_golden: bool) -> None:
+def test_plan_table_golden(monkeypatch: pytest.MonkeyPatch, golden: Golden) -> None:
     monkeypatch.setenv("NO_COLOR", "1")
     monkeypatch.setenv("GFPROBE_WIDTH", "100")
     code, output = run_cli("plan", "--arch", "cnn", "--sparse-width", "32", "--densities", "0.1,0.5",
                            "--dataset", "cifar10")
     assert code == 0
-    golden = FIXTURES / "golden" / "scsdc-plan-cnn.txt"
-    if update_golden:
-        golden.write_text(output)
-    assert output == golden.read_text()
+    golden("scsdc-plan-cnn.txt", output)
 
 
 def test_presets_list_their_sizes() -> None:

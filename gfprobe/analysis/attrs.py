@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -64,3 +65,11 @@ def freeze(value: Any) -> Any:
         # Keys sorted: which spelling of a table a group shows must not depend on the order of the runs.
         return FrozenDict({str(key): freeze(value[key]) for key in sorted(value, key=str)})
     return value
+
+
+def group_of(attrs: Mapping[str, Any]) -> str | None:
+    """"sparse" or "dense" from a run's ``sparse`` attribute; None when it has no boolean one."""
+    value = attrs.get("sparse")
+    if isinstance(value, bool | np.bool_):
+        return "sparse" if value else "dense"
+    return None

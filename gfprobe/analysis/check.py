@@ -17,12 +17,14 @@ from typing import Any
 import numpy as np
 
 from gfprobe.analysis.check_config import Config
-from gfprobe.measures import LayerStats, egf, layer_norms
+from gfprobe.analysis.layers import MEASURE_FIELDS, weight_layer_stats
+from gfprobe.measures import egf, layer_norms
 from gfprobe.store.reader import StreamData, Unreadable, open_run, read_each
+from gfprobe.store.schema import MASKS_IN_FORWARD, MASKS_RAW_OBSERVABLE
 
 # Every statistic a rule reads; read once per run.
-FIELDS = ("sumsq", "sum_abs", "masked_sumsq", "masked_sum_abs", "active", "nonfinite", "has_grad")
-RAW_OBSERVABLE = ("explicit", "zeros")  # masks under which the gradient of masked weights is recorded
+FIELDS = (*MEASURE_FIELDS, "nonfinite", "has_grad")
+READABLE_RULE = "readable"  # the rule an unreadable file fails where every file must have a result
 
 
 @dataclass(frozen=True)
@@ -35,10 +37,6 @@ class Finding:
     value: float | None = None
     limit: float | None = None
 
-    def to_json(self) -> dict[str, Any]:
-        return {"rule": self.rule, "status": self.status, "message": self.message, "layer": self.layer,
-                "step": self.step, "value": _num(self.value), "limit": _num(self.limit)}
-
 
 @dataclass(frozen=True)
 class RunCheck:
@@ -48,10 +46,6 @@ class RunCheck:
     @property
     def passed(self) -> bool:
         return all(f.status != "fail" for f in self.findings)
-
-
-def _num(value: float | None) -> float | None:
-    return None if value is None or not math.isfinite(value) else float(value)
 
 
 @dataclass(frozen=True)
@@ -69,16 +63,10 @@ class _View:
 
 def _view(stream: StreamData) -> _View:
     taken = ~stream.skipped
-    cols = stream.params.indices("weight")
-
-    def take(field: str) -> np.ndarray:
-        block: np.ndarray = stream.stats[field][taken][:, cols].astype(np.float64)
-        return block
-
-    stats = LayerStats(take("sumsq"), take("sum_abs"), take("masked_sumsq"), take("masked_sum_abs"), take("active"))
-    norms = layer_norms(stats, 2)
-    return _View(stream, taken, stream.steps[taken], [stream.params.names[c] for c in cols], cols, norms,
-                 egf(stats, 2) if len(cols) else np.zeros(int(taken.sum())))
+    stats, cols = weight_layer_stats(stream)
+    return _View(stream, taken, stream.steps[taken], [stream.params.names[c] for c in cols],
+                 np.array(cols, dtype=int), layer_norms(stats, 2),
+                 egf(stats, 2) if cols else np.zeros(int(taken.sum())))
 
 
 def _pass(rule: str, message: str) -> Finding:
@@ -199,9 +187,9 @@ def imbalance(view: _View, settings: dict[str, Any]) -> Finding:
 
 def mask_leak(view: _View, settings: dict[str, Any]) -> Finding:
     sources = view.stream.params.mask_sources
-    masked = [c for c in range(len(sources)) if sources[c] in RAW_OBSERVABLE]
+    masked = [c for c in range(len(sources)) if sources[c] in MASKS_RAW_OBSERVABLE]
     if not masked:
-        observable = any(s in ("prune", "parametrize") for s in sources)
+        observable = any(s in MASKS_IN_FORWARD for s in sources)
         return Finding("mask_leak", "pass" if observable else "skip",
                        "prune/parametrize masks: masked weights get no gradient by construction" if observable
                        else "no masks recorded")
@@ -251,6 +239,12 @@ def check_stream(stream: StreamData, path: str, config: Config) -> RunCheck:
         else:
             findings.append(check(view, config[rule]))
     return RunCheck(path, findings)
+
+
+def unreadable_check(item: Unreadable) -> RunCheck:
+    """A file that could not be read, as a run failing the rule READABLE_RULE: CI reads annotations
+    and JUnit, not stderr, and there a run whose health is unknown must not pass unseen."""
+    return RunCheck(item.path, [Finding(READABLE_RULE, "fail", f"unreadable run file: {item.error}")])
 
 
 def check_runs(paths: list[Path], config: Config, stream_index: int = 0) -> list[RunCheck]:

@@ -15,13 +15,12 @@ A misspelt rule or key, a value of the wrong type, NaN or inf, a fraction above 
 
 from __future__ import annotations
 
-import difflib
 import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from gfprobe.errors import ConfigError
+from gfprobe.errors import ConfigError, did_you_mean, short
 from gfprobe.tomlfile import read_toml
 
 # Each rule's settings and defaults. Defaults are set so that healthy training passes: on the 240
@@ -84,7 +83,7 @@ def _check_table(document: Mapping[str, Any], source: str) -> Mapping[str, Any] 
             return None
         if not isinstance(node, Mapping):
             name = ".".join(("tool", "gfprobe", "check")[:depth])
-            raise ConfigError(f"{source}: {name} must be a table, got {type(node).__name__} {_short(node)}; "
+            raise ConfigError(f"{source}: {name} must be a table, got {type(node).__name__} {short(node)}; "
                               "write the settings as [tool.gfprobe.check] with one table per rule, e.g. "
                               "vanishing = { threshold = 1e-9 }")
     table: Mapping[str, Any] = node
@@ -96,13 +95,13 @@ def validate(table: Mapping[str, Any], source: str = "configuration") -> Config:
     config = {rule: dict(settings) for rule, settings in DEFAULTS.items()}
     for rule, settings in table.items():
         if rule not in DEFAULTS:
-            raise ConfigError(f"{source}: unknown check rule {rule!r}{_did_you_mean(rule, RULES)}; "
+            raise ConfigError(f"{source}: unknown check rule {rule!r}{did_you_mean(rule, RULES)}; "
                               f"rules: {', '.join(RULES)}")
         if not isinstance(settings, Mapping):
             raise ConfigError(f"{source}: rule {rule} must be a table, e.g. {rule} = {{ enabled = false }}")
         for key, value in settings.items():
             if key not in DEFAULTS[rule]:
-                raise ConfigError(f"{source}: rule {rule} has no setting {key!r}{_did_you_mean(key, DEFAULTS[rule])}; "
+                raise ConfigError(f"{source}: rule {rule} has no setting {key!r}{did_you_mean(key, DEFAULTS[rule])}; "
                                   f"its settings: {', '.join(DEFAULTS[rule])}")
             config[rule][key] = _typed(source, rule, key, value)
     return config
@@ -110,7 +109,7 @@ def validate(table: Mapping[str, Any], source: str = "configuration") -> Config:
 
 def _typed(source: str, rule: str, key: str, value: Any) -> Any:
     default = DEFAULTS[rule][key]
-    where = f"{source}: {rule}.{key} = {_short(value)}"
+    where = f"{source}: {rule}.{key} = {short(value)}"
     if isinstance(default, bool):
         if not isinstance(value, bool):
             raise ConfigError(f"{where} must be true or false")
@@ -132,14 +131,3 @@ def _as_float(value: int | float) -> float:
         return float(value)
     except OverflowError:  # TOML integers are unbounded in tomllib; past 1e308 they are no number we can use
         return math.inf
-
-
-def _short(value: Any) -> str:
-    """A value for a one-line message: long strings and tables cut."""
-    text = repr(value)
-    return text if len(text) <= 60 else f"{text[:57]}..."
-
-
-def _did_you_mean(word: str, allowed: Any) -> str:
-    close = difflib.get_close_matches(word, list(allowed), n=1, cutoff=0.6)
-    return f" (did you mean {close[0]!r}?)" if close else ""

@@ -24,8 +24,7 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
-from gfprobe.analysis.attrs import freeze
-from gfprobe.analysis.correlation import group_of
+from gfprobe.analysis.attrs import freeze, group_of
 from gfprobe.analysis.report import RunSummary
 from gfprobe.errors import ConfigError
 
@@ -41,10 +40,6 @@ class Side:
     acc_std: float  # sample standard deviation (ddof 1); NaN for a single run
     egf_2: float  # mean of the runs' egf_2 summaries
 
-    def to_json(self) -> dict[str, Any]:
-        return {"n": self.n, "acc_mean": _num(self.acc_mean), "acc_std": _num(self.acc_std),
-                "egf_2": _num(self.egf_2)}
-
 
 @dataclass(frozen=True)
 class Comparison:
@@ -55,11 +50,6 @@ class Comparison:
     p: float
     test: str
     note: str = ""  # why there is no p-value, if there is none
-
-    def to_json(self) -> dict[str, Any]:
-        return {"config": self.config, "sparse": self.sparse.to_json() if self.sparse else None,
-                "dense": self.dense.to_json() if self.dense else None, "diff": _num(self.diff),
-                "p": _num(self.p), "test": self.test, **({"note": self.note} if self.note else {})}
 
 
 @dataclass(frozen=True)
@@ -73,10 +63,6 @@ class Cell:
     n_dense: int
     diff: float
     p: float
-
-
-def _num(value: float) -> float | None:
-    return float(value) if math.isfinite(value) else None
 
 
 def one_sided_p(sparse: np.ndarray, dense: np.ndarray, test: str) -> float:
@@ -122,12 +108,12 @@ def compare(runs: Sequence[RunSummary], metric: str = "test_acc", test: str = "w
         known = sorted({name for run in runs for name in run.metrics})
         raise ConfigError(f"no run has a metric {metric!r} to compare; the runs have: {', '.join(known) or 'none'} "
                           "(choose one with --scsdc-metric)")
-    if not any(group_of(run) for run in runs):
+    if not any(group_of(run.attrs) for run in runs):
         raise ConfigError("no run has a 'sparse' attribute (true or false): SC-SDC needs sparse and dense runs "
                           "recorded with attributes, e.g. by 'gfprobe scsdc run' or watch(attrs={'sparse': True})")
     configs: dict[tuple[tuple[str, str], ...], tuple[dict[str, Any], dict[str, list[RunSummary]]]] = {}
     for run in runs:
-        group = group_of(run)
+        group = group_of(run.attrs)
         if group is None:
             continue
         config = config_of(run)
@@ -150,7 +136,7 @@ def pivot(runs: Sequence[RunSummary], comparisons: Sequence[Comparison], rows: s
     complete = {_key(c.config) for c in comparisons if not c.note}
     pooled: dict[tuple[Any, Any], dict[str, Any]] = {}
     for run in runs:
-        group = group_of(run)
+        group = group_of(run.attrs)
         config = config_of(run)
         if group is None or _key(config) not in complete or rows not in config or columns not in config:
             continue

@@ -3,7 +3,6 @@ SC-SDC sections, from one read of the runs. Renderers turn a :class:`Sections` i
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,7 +10,7 @@ from pathlib import Path
 from gfprobe.analysis import correlation, scsdc
 from gfprobe.analysis.report import RunSummary
 from gfprobe.analysis.scsdc import Cell, Comparison
-from gfprobe.errors import ConfigError
+from gfprobe.errors import ConfigError, did_you_mean
 
 # The research's pivot tables (SCIENCE.md §5): rows × columns of the SC-SDC p-values.
 PIVOTS = (("optimizer", "regularisation"), ("optimizer", "activation"))
@@ -30,6 +29,11 @@ class Request:
     test: str = "welch"
     resamples: int = 1000
     seed: int = 0
+
+
+# What the report after a study (``gfprobe scsdc run``) holds: SC-SDC of the test accuracy, and how
+# well each measure ranks the runs by it.
+STUDY = Request(runs=False, correlate=("test_acc",), scsdc=True)
 
 
 @dataclass
@@ -73,9 +77,8 @@ def check_split_attribute(summaries: Sequence[RunSummary], attr: str) -> None:
     shared = sorted(set.intersection(*(set(run.attrs) for run in summaries)))
     known = ", ".join(shared) or "none"
     if len(missing) == len(summaries):
-        close = difflib.get_close_matches(attr, shared, n=1, cutoff=0.6)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise ConfigError(f"--by {attr}: no run has an attribute {attr!r}{hint}; attributes every run has: {known}")
+        raise ConfigError(f"--by {attr}: no run has an attribute {attr!r}{did_you_mean(attr, shared)}; "
+                          f"attributes every run has: {known}")
     names = ", ".join(Path(run.path).name for run in missing[:3]) + (", ..." if len(missing) > 3 else "")
     raise ConfigError(f"--by {attr}: {len(missing)} of {len(summaries)} runs have no attribute {attr!r} ({names}); "
                       f"pass only runs that have it, or split by one every run has: {known}")

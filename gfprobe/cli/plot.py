@@ -8,11 +8,12 @@ from typing import Any
 
 import click
 
-from gfprobe.cli._common import handle_errors, say
-from gfprobe.cli.report import expand_runs, listing, progress
+from gfprobe.analysis.scsdc import TESTS
+from gfprobe.cli._common import handle_errors, listing, progress, say
 from gfprobe.measures import MEASURES
 from gfprobe.outpath import check_writable
 from gfprobe.render import plots
+from gfprobe.store.find import find_runs
 from gfprobe.store.reader import Unreadable, read_each
 
 
@@ -26,14 +27,14 @@ from gfprobe.store.reader import Unreadable, read_each
 @click.option("--measure", "measures", multiple=True, type=click.Choice(MEASURES),
               help="Measure(s) for --kind scatter or measures. Repeatable.")
 @click.option("--metric", default="test_acc", show_default=True, help="Metric for --kind scatter and scsdc.")
-@click.option("--test", type=click.Choice(("welch", "mwu")), default="welch", show_default=True,
+@click.option("--test", type=click.Choice(TESTS), default="welch", show_default=True,
               help="The one-sided test that marks significant pairs in --kind scsdc.")
 @handle_errors
 def plot(runs: tuple[Path, ...], out: Path, kind: str, measures: tuple[str, ...], metric: str, test: str) -> None:
     """Draw RUNS as a figure good enough for a paper (matplotlib: pip install 'gfprobe[plot]')."""
     plots.check_out(out)
     check_writable(out, "--out")  # before reading: a long read must not end in a failed write
-    paths = expand_runs(runs)
+    paths = find_runs(runs)
     with progress(len(paths)) as on_file:
         data, unreadable = _read(kind, paths, on_file)
     with listing(unreadable):

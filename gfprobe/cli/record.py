@@ -10,8 +10,7 @@ from gfprobe import launcher
 from gfprobe.analysis.check import check_runs
 from gfprobe.analysis.check_config import load_config
 from gfprobe.analysis.report import build_report
-from gfprobe.cli._common import UserError, handle_errors, say
-from gfprobe.cli.check import config_option, emit
+from gfprobe.cli._common import UserError, config_option, emit, handle_errors, say
 from gfprobe.errors import GfprobeError
 from gfprobe.outpath import check_writable
 

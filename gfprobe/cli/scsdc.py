@@ -13,11 +13,10 @@ from gfprobe.cli._common import UserError, console, format_option, handle_errors
 from gfprobe.errors import ConfigError, GfprobeError
 from gfprobe.outpath import check_writable_folder
 from gfprobe.render import plan as render_plan
-from gfprobe.render.formats import to_json
 from gfprobe.render.safe import printable
 from gfprobe.study import names, runner
 from gfprobe.study.config import MAX_HIDDEN_LAYERS, MAX_SPARSE_WIDTH, RunSpec, Study, check_density, load_study
-from gfprobe.study.presets import PRESETS, describe, load_preset
+from gfprobe.study.presets import PRESETS, load_preset
 
 
 @click.group()
@@ -68,17 +67,9 @@ def presets(output_format: str) -> None:
     """List the built-in studies with their size (number of runs)."""
     sizes = {name: len(load_preset(name)) for name in PRESETS}
     if output_format == "json":
-        click.echo(to_json({"presets": [{"name": name, "runs": sizes[name], "description": describe(name, full=True)}
-                                        for name in PRESETS]}))
-        return
-    from rich.table import Table
-
-    table = Table(title="SC-SDC presets: gfprobe scsdc run --preset NAME --out DIR", title_justify="left")
-    for column in ("preset", "runs", "what it is"):
-        table.add_column(column, justify="right" if column == "runs" else "left")
-    for name in PRESETS:
-        table.add_row(name, f"{sizes[name]:,}", describe(name))
-    console().print(table)
+        click.echo(render_plan.render_presets_json(sizes))
+    else:
+        render_plan.render_presets_table(console(), sizes)
 
 
 @scsdc.command()
@@ -101,7 +92,7 @@ def run(preset: str | None, config_path: Path | None, out: str | Path, jobs: int
     check_writable_folder(out, "--out")
     out = Path(out)
     options = runner.RunOptions(data_root=data_root, download=download, jobs=jobs, device=device)
-    validate(study, options)
+    runner.check_study(study, options)
     outcome = _run_with_progress(study, out, options)
     if report and outcome.files:
         _report(outcome.files, out)
@@ -117,16 +108,13 @@ def run(preset: str | None, config_path: Path | None, out: str | Path, jobs: int
 def _report(files: list[Path], out: Path) -> None:
     """The study's SC-SDC and correlation tables, and its figures next to the runs."""
     from gfprobe.analysis.report import build_report
-    from gfprobe.analysis.sections import Request, analyse
-    from gfprobe.render import correlation as render_correlation
+    from gfprobe.analysis.sections import STUDY, analyse
     from gfprobe.render import plots
-    from gfprobe.render import scsdc as render_scsdc
+    from gfprobe.render.sections import render_study
 
     summaries = build_report(files)
-    sections = analyse(summaries, Request(runs=False, correlate=("test_acc",), scsdc=True))
-    render_scsdc.render_table(console(), sections.scsdc or [], sections.pivots, "test_acc")
-    console().print()
-    render_correlation.render_table(console(), sections.correlation or [])
+    sections = analyse(summaries, STUDY)
+    render_study(console(), sections)
     try:
         figures = [plots.plot_scsdc(sections.scsdc or [], out / "plots" / "scsdc.png"),
                    plots.plot_scatter(summaries, out / "plots" / "scatter.png")]
@@ -143,32 +131,6 @@ def _study(preset: str | None, config_path: Path | None) -> Study:
     if config_path is not None and preset is None:
         return load_study(config_path)
     raise click.UsageError("give exactly one of --preset NAME or --config FILE")
-
-
-def validate(study: Study, options: runner.RunOptions) -> None:
-    """Everything that can be checked before training: every pair's capacity plan, and every
-    data set's files (loaded once here, so a missing file stops the study before it starts)."""
-    from gfprobe.study import capacity, data
-
-    if not study.runs:
-        raise ConfigError("the study has no runs")
-    _check_device(options.device)
-    pairs = {(s.arch, s.dataset, s.sparse_width, s.density, s.hidden_layers) for s in study.runs}
-    for arch, dataset, width, density, hidden in sorted(pairs):
-        capacity.plan_pair(arch, names.DATASETS[dataset], width, density, hidden)
-    for dataset in sorted({spec.dataset for spec in study.runs}):
-        data.load(dataset, options.data_root, options.download)
-
-
-def _check_device(device: str) -> None:
-    import torch
-
-    try:
-        parsed = torch.device(device)
-    except RuntimeError:
-        raise ConfigError(f"--device {device!r} is not a torch device; use cpu, cuda or cuda:N") from None
-    if parsed.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"--device {device}: this torch build or machine has no CUDA device; use --device cpu")
 
 
 def _run_with_progress(study: Study, out: Path, options: runner.RunOptions) -> runner.StudyOutcome:

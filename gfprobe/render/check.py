@@ -8,15 +8,17 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from gfprobe.analysis.check import RunCheck
+from gfprobe.analysis.check import Finding, RunCheck
 from gfprobe.errors import ConfigError
 from gfprobe.render.formats import to_json
 from gfprobe.render.safe import printable, text, visible
+from gfprobe.store.reader import Unreadable
 
 STYLES = {"pass": "green", "fail": "bold red", "skip": "dim"}
 SYMBOLS = {"pass": "PASS", "fail": "FAIL", "skip": "skip"}
@@ -36,10 +38,20 @@ def render_table(console: Console, checks: Sequence[RunCheck]) -> None:
         console.print(table)
 
 
-def render_json(checks: Sequence[RunCheck]) -> str:
-    return to_json({"passed": all(c.passed for c in checks),
-                    "runs": [{"path": c.path, "passed": c.passed, "results": [f.to_json() for f in c.findings]}
-                             for c in checks]})
+def render_json(checks: Sequence[RunCheck], unreadable: Sequence[Unreadable] = ()) -> str:
+    """The results, and the files that were never checked: no run passed that could not be read."""
+    payload: dict[str, Any] = {
+        "passed": all(c.passed for c in checks) and not unreadable,
+        "runs": [{"path": c.path, "passed": c.passed, "results": [_finding_json(f) for f in c.findings]}
+                 for c in checks]}
+    if unreadable:
+        payload["unreadable"] = [item.to_json() for item in unreadable]
+    return to_json(payload)
+
+
+def _finding_json(finding: Finding) -> dict[str, Any]:
+    return {"rule": finding.rule, "status": finding.status, "message": finding.message, "layer": finding.layer,
+            "step": finding.step, "value": finding.value, "limit": finding.limit}
 
 
 def _escape(value: str) -> str:

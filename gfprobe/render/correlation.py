@@ -148,3 +148,12 @@ def render_markdown(rows: Sequence[Correlation]) -> str:
         parts.append(f"**{markdown(_title(members, split))}** (bold: strongest in its column)\n\n"
                      f"{to_markdown(header, body)}" + (f"\n{note}\n" if note else ""))
     return "\n".join(parts)
+
+
+def correlation_json(row: Correlation) -> dict[str, Any]:
+    """One cell of the table as JSON data (``formats.to_json`` writes NaN as null)."""
+    out: dict[str, Any] = {"group": row.group, "measure": row.measure, "metric": row.metric, "method": row.method,
+                           "n": row.n, "coef": row.coef, "p": row.p, "ci": list(row.ci)}
+    if row.split:
+        out["split"] = dict(row.split)
+    return out

@@ -1,8 +1,9 @@
-"""Rendering of ``gfprobe scsdc plan``: capacity-matched pairs as a table or JSON."""
+"""Rendering of ``gfprobe scsdc plan`` (capacity-matched pairs) and ``gfprobe scsdc presets``, as a
+table or JSON."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from rich import box
 from rich.console import Console
@@ -11,6 +12,7 @@ from rich.table import Table
 from gfprobe.render.formats import to_json
 from gfprobe.render.safe import text
 from gfprobe.study.capacity import PairPlan
+from gfprobe.study.presets import describe
 
 
 def render_json(pairs: Sequence[PairPlan]) -> str:
@@ -36,3 +38,18 @@ def render_table(console: Console, pairs: Sequence[PairPlan]) -> None:
         table.add_row("total", f"{pair.sparse_numel_total:,}", "", f"{pair.dense_active_total:,}",
                       f"{density:.4f}", style="bold")
         console.print(table)
+
+
+def render_presets_json(sizes: Mapping[str, int]) -> str:
+    """The presets (name -> number of runs) with their full descriptions."""
+    return to_json({"presets": [{"name": name, "runs": runs, "description": describe(name, full=True)}
+                                for name, runs in sizes.items()]})
+
+
+def render_presets_table(console: Console, sizes: Mapping[str, int]) -> None:
+    table = Table(title="SC-SDC presets: gfprobe scsdc run --preset NAME --out DIR", title_justify="left")
+    for column in ("preset", "runs", "what it is"):
+        table.add_column(column, justify="right" if column == "runs" else "left")
+    for name, runs in sizes.items():
+        table.add_row(name, f"{runs:,}", describe(name))
+    console.print(table)

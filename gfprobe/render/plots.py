@@ -21,7 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from gfprobe.analysis.correlation import group_of, rank_correlation
+from gfprobe.analysis.attrs import group_of
+from gfprobe.analysis.correlation import rank_correlation
 from gfprobe.analysis.report import RunSummary
 from gfprobe.analysis.scsdc import Comparison
 from gfprobe.analysis.series import RunSeries
@@ -150,7 +151,7 @@ def plot_measures(series: Sequence[RunSeries], out: Path, measures: Sequence[str
             for run in series:
                 values = np.where(run.measures[measure] > 0, run.measures[measure], np.nan)
                 ax.plot(run.steps, smooth(values, max(1, len(values) // 50)), lw=1.2,
-                        ls="--" if _group(run.attrs) == "dense" else "-", label=_label(run.path))
+                        ls="--" if group_of(run.attrs) == "dense" else "-", label=_label(run.path))
         _log_axis(ax)
         ax.set_title(measure, loc="left")
         ax.set_xlabel("optimizer step")
@@ -162,7 +163,7 @@ def _plot_bands(ax: Any, series: Sequence[RunSeries], measure: str) -> None:
     end = min(int(run.steps[-1]) for run in series if len(run.steps))
     grid = np.linspace(0, end, 200)
     for group in ("sparse", "dense", None):
-        members = [run for run in series if _group(run.attrs) == group and len(run.steps) > 1]
+        members = [run for run in series if group_of(run.attrs) == group and len(run.steps) > 1]
         if not members:
             continue
         curves = []
@@ -175,11 +176,6 @@ def _plot_bands(ax: Any, series: Sequence[RunSeries], measure: str) -> None:
         ax.plot(grid, 10**mid, color=COLOURS[group], lw=1.5, label=f"{group or 'runs'}: median of {len(members)}")
 
 
-def _group(attrs: dict[str, Any]) -> str | None:
-    value = attrs.get("sparse")
-    return None if not isinstance(value, bool | np.bool_) else ("sparse" if value else "dense")
-
-
 def plot_scatter(runs: Sequence[RunSummary], out: Path, metric: str = "test_acc",
                  measures: Sequence[str] = ("gf_2", "egf_2")) -> Path:
     if not any(metric in run.metrics for run in runs):
@@ -189,7 +185,7 @@ def plot_scatter(runs: Sequence[RunSummary], out: Path, metric: str = "test_acc"
     for ax, measure in zip(axes, measures, strict=True):
         taus = []
         for group in ("sparse", "dense", None):
-            members = [r for r in runs if group_of(r) == group]
+            members = [r for r in runs if group_of(r.attrs) == group]
             if not members:
                 continue
             x = np.array([r.measures[measure] for r in members])

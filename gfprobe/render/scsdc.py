@@ -237,3 +237,20 @@ def _bold_p(cell: Cell | None) -> Markdown:
     if cell is None or not math.isfinite(cell.p):
         return Markdown("–")
     return Markdown(f"**{cell.p:.3f}**" if cell.p <= ALPHA else f"{cell.p:.3f}")
+
+
+def _side_json(side: Side | None) -> dict[str, Any] | None:
+    if side is None:
+        return None
+    return {"n": side.n, "acc_mean": side.acc_mean, "acc_std": side.acc_std, "egf_2": side.egf_2}
+
+
+def comparison_json(row: Comparison) -> dict[str, Any]:
+    """One configuration as JSON data (``formats.to_json`` writes NaN as null)."""
+    return {"config": row.config, "sparse": _side_json(row.sparse), "dense": _side_json(row.dense),
+            "diff": row.diff, "p": row.p, "test": row.test, **({"note": row.note} if row.note else {})}
+
+
+def pivots_json(pivots: Mapping[tuple[str, str], Sequence[Cell]]) -> list[dict[str, Any]]:
+    return [{"rows": rows, "columns": columns, "cells": [vars(cell) for cell in cells]}
+            for (rows, columns), cells in pivots.items()]

@@ -50,8 +50,17 @@ METRIC_COLUMNS: dict[str, np.dtype[np.generic]] = {
 }
 METRIC_NAME_DTYPE = np.dtype("S128")
 
-PARAM_KINDS = ("weight", "bias", "norm", "other")
-MASK_SOURCES = ("none", "prune", "parametrize", "explicit", "zeros")
+# A parameter's kind (the "kind" column). Every measure and rule looks at the weights alone.
+WEIGHT = "weight"
+PARAM_KINDS = (WEIGHT, "bias", "norm", "other")
+# How a parameter's mask was found (the "mask_source" column; docs/recording.md, "Masks").
+MASK_NONE, MASK_PRUNE, MASK_PARAMETRIZE, MASK_EXPLICIT, MASK_ZEROS = (
+    "none", "prune", "parametrize", "explicit", "zeros")
+MASK_SOURCES = (MASK_NONE, MASK_PRUNE, MASK_PARAMETRIZE, MASK_EXPLICIT, MASK_ZEROS)
+# torch applies these masks inside the forward pass: masked weights get no gradient by construction.
+MASKS_IN_FORWARD = (MASK_PRUNE, MASK_PARAMETRIZE)
+# Under these the parameter is the weight itself: the raw gradient of masked weights is recorded.
+MASKS_RAW_OBSERVABLE = (MASK_EXPLICIT, MASK_ZEROS)
 
 # Row-growing tables: "records" (the /steps columns and the /stats fields, one row per recorded
 # step) and "metrics". While a run goes on, their compressed datasets only receive whole chunks

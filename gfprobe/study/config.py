@@ -27,7 +27,6 @@ allowed ones, and the closest match to a misspelling. This module imports no tor
 
 from __future__ import annotations
 
-import difflib
 import itertools
 import math
 from collections.abc import Iterator, Mapping, Sequence
@@ -35,7 +34,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from gfprobe.errors import ConfigError
+from gfprobe.errors import ConfigError, did_you_mean, short
 from gfprobe.study import names
 from gfprobe.tomlfile import read_toml
 
@@ -139,12 +138,12 @@ def parse_study(document: Mapping[str, Any], source: str = "study", default_name
     shared = dict(shared)
     name = shared.pop("name", default_name)
     if not isinstance(name, str) or not name.strip():
-        raise ConfigError(f"{source}: [study] name = {_short(name)} must be a non-empty string, e.g. name = \"mine\"")
+        raise ConfigError(f"{source}: [study] name = {short(name)} must be a non-empty string, e.g. name = \"mine\"")
     grids = document.get("grid")
     if grids is None or grids == []:
         raise ConfigError(f"{source}: no [[grid]] table; add at least one, e.g. [[grid]] with density = [0.1, 0.5]")
     if not isinstance(grids, list):
-        raise ConfigError(f"{source}: grid = {_short(grids)} must be tables written [[grid]], e.g. "
+        raise ConfigError(f"{source}: grid = {short(grids)} must be tables written [[grid]], e.g. "
                           "[[grid]] with density = [0.1, 0.5]")
     runs: dict[str, RunSpec] = {}
     for index, grid in enumerate(grids, start=1):
@@ -196,20 +195,20 @@ def _check_keys(table: Any, allowed: Sequence[str], what: str) -> None:
         raise ConfigError(f"{what.rsplit(' ', 1)[0]} must be a table, got {type(table).__name__}")
     for key in table:
         if key not in allowed:
-            raise ConfigError(f"{what} {key!r} is not known{_did_you_mean(key, allowed)}; "
+            raise ConfigError(f"{what} {key!r} is not known{did_you_mean(key, allowed)}; "
                               f"allowed: {', '.join(allowed)}")
 
 
 def _check_value(where: str, key: str, value: Any) -> None:
     if key in CHOICES and (not isinstance(value, str) or value not in CHOICES[key]):
-        raise ConfigError(f"{where}: {key} = {_short(value)} is not known{_did_you_mean(str(value), CHOICES[key])}; "
+        raise ConfigError(f"{where}: {key} = {short(value)} is not known{did_you_mean(str(value), CHOICES[key])}; "
                           f"allowed: {', '.join(CHOICES[key])}")
     if key in INTEGERS:
         _check_integer(where, key, value)
     if key in NUMBERS and (isinstance(value, bool) or not isinstance(value, int | float)):
-        raise ConfigError(f"{where}: {key} = {_short(value)} must be a number")
+        raise ConfigError(f"{where}: {key} = {short(value)} must be a number")
     if key in NUMBERS and not _finite(value):
-        raise ConfigError(f"{where}: {key} = {_short(value)} must be a finite number")
+        raise ConfigError(f"{where}: {key} = {short(value)} must be a finite number")
     if key in POSITIVE and value <= 0:
         raise ConfigError(f"{where}: {key} = {value!r} must be greater than 0")
     if key == "density":
@@ -220,12 +219,12 @@ def _check_value(where: str, key: str, value: Any) -> None:
 
 def _check_integer(where: str, key: str, value: Any) -> None:
     if isinstance(value, bool) or not isinstance(value, int):
-        raise ConfigError(f"{where}: {key} = {_short(value)} must be a whole number")
+        raise ConfigError(f"{where}: {key} = {short(value)} must be a whole number")
     highest = {"hidden_layers": MAX_HIDDEN_LAYERS, "sparse_width": MAX_SPARSE_WIDTH}.get(key, INT64 - 1)
     if value > highest:
-        raise ConfigError(f"{where}: {key} = {_short(value)} is too large; the most gfprobe takes is {highest:,}")
+        raise ConfigError(f"{where}: {key} = {short(value)} is too large; the most gfprobe takes is {highest:,}")
     if value < -INT64:
-        raise ConfigError(f"{where}: {key} = {_short(value)} is too small; the least gfprobe takes is {-INT64:,}")
+        raise ConfigError(f"{where}: {key} = {short(value)} is too small; the least gfprobe takes is {-INT64:,}")
 
 
 def check_density(value: float, what: str = "density") -> None:
@@ -243,14 +242,3 @@ def _finite(value: int | float) -> bool:
         return math.isfinite(value)
     except OverflowError:  # an integer past float's range
         return False
-
-
-def _short(value: Any) -> str:
-    """A value for a one-line message: long strings and tables cut."""
-    text = repr(value)
-    return text if len(text) <= 60 else f"{text[:57]}..."
-
-
-def _did_you_mean(word: str, allowed: Sequence[str]) -> str:
-    close = difflib.get_close_matches(word, list(allowed), n=1, cutoff=0.6)
-    return f" (did you mean {close[0]!r}?)" if close else ""
