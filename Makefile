@@ -7,11 +7,14 @@ STAMP := $(VENV)/.installed
 
 .PHONY: demo test bench lint clean
 
-# The C kernel is built at install time: a change to it needs a reinstall too.
-$(STAMP): pyproject.toml setup.py constraints.txt gfprobe/adapters/_gradstats.c
+PLUGINS := plugins/lightning plugins/transformers plugins/jax
+
+# The C kernel is built at install time: a change to it needs a reinstall too. The framework
+# plugins are packages of their own, installed beside gfprobe so that the suite tests them.
+$(STAMP): pyproject.toml setup.py constraints.txt gfprobe/adapters/_gradstats.c $(PLUGINS:%=%/pyproject.toml)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -qq --upgrade pip
-	$(BIN)/python -m pip install -qq -c constraints.txt -e '.[test]'
+	$(BIN)/python -m pip install -qq -c constraints.txt -e '.[test]' $(PLUGINS:%=-e %)
 	touch $(STAMP)
 
 ## The main job: the quick SC-SDC study on MNIST-1D (gfprobe-runs/quick), then its report.

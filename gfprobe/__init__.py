@@ -18,13 +18,15 @@ if TYPE_CHECKING:
     import torch
 
     from gfprobe.adapters.torch_probe import Probe
-    from gfprobe.capture.session import log
+    from gfprobe.capture.session import log, set_attrs
     from gfprobe.errors import GfprobeError
+    from gfprobe.plugin.spec import hookimpl
     from gfprobe.schedule import Schedule, every
 
 # Importing gfprobe runs nothing but this file: a script that only calls ``gfprobe.log`` pays for
 # what it uses.
-_LAZY = {"log": "gfprobe.capture.session", "GfprobeError": "gfprobe.errors", "every": "gfprobe.schedule"}
+_LAZY = {"log": "gfprobe.capture.session", "set_attrs": "gfprobe.capture.session", "GfprobeError": "gfprobe.errors",
+         "every": "gfprobe.schedule", "hookimpl": "gfprobe.plugin.spec"}
 
 
 def __getattr__(name: str) -> Any:
@@ -44,7 +46,7 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'gfprobe' has no attribute {name!r}")
 
 
-__all__ = ["GfprobeError", "__version__", "every", "log", "watch"]
+__all__ = ["GfprobeError", "__version__", "every", "hookimpl", "log", "set_attrs", "watch"]
 
 
 def watch(

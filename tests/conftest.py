@@ -5,29 +5,65 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pytest
 
+from gfprobe.analysis import measure_set
+from gfprobe.cli import _common
+from gfprobe.plugin import manager
+
 SCRIPTS = Path(__file__).parent / "scripts"
 FIXTURES = Path(__file__).parent.parent / "fixtures"
+GOLDEN = FIXTURES / "golden"
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--update-golden", action="store_true", help="Rewrite golden files in fixtures/golden.")
 
 
+Golden = Callable[[str, str], None]
+
+
 @pytest.fixture
-def update_golden(request: pytest.FixtureRequest) -> bool:
-    return bool(request.config.getoption("--update-golden"))
+def golden(request: pytest.FixtureRequest) -> Golden:
+    """``golden(name, text)``: ``text`` must equal fixtures/golden/NAME; ``--update-golden`` rewrites
+    the file with it instead. Render what is compared with NO_COLOR and a fixed GFPROBE_WIDTH."""
+    update = bool(request.config.getoption("--update-golden"))
+
+    def compare(name: str, text: str) -> None:
+        path = GOLDEN / name
+        if update:
+            path.write_text(text)
+        assert path.exists(), f"missing golden file {path}; run pytest --update-golden"
+        assert text == path.read_text()
+
+    return compare
+
+
+@pytest.fixture(autouse=True)
+def no_installed_plugins(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The plugins installed beside gfprobe (``make test`` installs three) are never loaded
+    implicitly here: each test sees gfprobe alone unless it installs or enables a plugin itself.
+    Their own tests, in ``plugins/*/tests``, load them."""
+    monkeypatch.setenv(manager.DISABLE_ENV, "all")
+    forget_plugins()
+
+
+def forget_plugins() -> None:
+    """Every cache of what plugins offer: the next hook finds the plugins afresh."""
+    manager.forget()
+    measure_set.plugin_measures.cache_clear()
+    _common.plugin_commands.cache_clear()
 
 
 def child_env(**extra: str) -> dict[str, str]:
-    """The environment for subprocesses: deterministic, small thread count, no colour."""
+    """The environment for subprocesses: deterministic, small thread count, no colour, and no
+    installed plugin (see ``no_installed_plugins``)."""
     env = dict(os.environ)
     env.update({"OMP_NUM_THREADS": "1", "NO_COLOR": "1", "GFPROBE_WIDTH": "120",
-                "PYTHONDONTWRITEBYTECODE": "1"})
+                "PYTHONDONTWRITEBYTECODE": "1", manager.DISABLE_ENV: "all"})
     env.pop("GFPROBE_RECORD", None)
     env.update(extra)
     return env

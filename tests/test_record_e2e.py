@@ -567,3 +567,28 @@ def test_gfprobe_log_inside_a_recorded_script(tmp_path: Path) -> None:
     assert metrics["test_acc"].steps.tolist() == [4, 4]  # default step: optimizer steps so far
     assert metrics["probe_value"].values.tolist() == [0.25]
     assert metrics["probe_value"].steps.tolist() == [1]
+
+
+LOOKS_FOR_TORCH_FIRST = """
+import importlib.util
+assert importlib.util.find_spec("torch") is not None  # as transformers' is_torch_available() does
+import torch
+model = torch.nn.Linear(3, 2)
+opt = torch.optim.SGD(model.parameters(), lr=0.1)
+for _ in range(3):
+    opt.zero_grad()
+    model(torch.ones(4, 3)).sum().backward()
+    opt.step()
+"""
+
+
+def test_a_script_that_looks_for_torch_before_importing_it_is_recorded(tmp_path: Path) -> None:
+    """Libraries check whether torch is installed (``find_spec``) before importing it; that look-up
+    used to use up gfprobe's wait for ``import torch``, and such a script recorded nothing."""
+    script = tmp_path / "train.py"
+    script.write_text(LOOKS_FOR_TORCH_FIRST)
+    out = tmp_path / "run.h5"
+    result = record(out, [sys.executable, str(script)])
+    assert result.returncode == 0, result.stderr
+    with open_run(out) as run:
+        assert run.stream(0).steps.tolist() == [0, 1, 2]

@@ -331,3 +331,26 @@ def test_bug_rows_of_an_optimizer_collected_before_close_are_kept(tmp_path: Path
     with open_run(tmp_path / "run.h5") as run:
         assert run.stream(0).steps.tolist() == list(range(7))
         assert run.stream(1).steps.tolist() == [0, 1]
+
+
+def test_active_counts_follow_a_mask_replaced_twice_between_recorded_steps(tmp_path: Path) -> None:
+    """Pruning again frees the old mask; a cache keyed by id() alone can see the next mask at the
+    freed mask's address, with the same version, and keep a stale count."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(12, 24), nn.ReLU(), nn.Linear(24, 4))
+    prune.random_unstructured(model[0], "weight", amount=0.1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    expected = []
+    with gfprobe.watch(model, opt, out=tmp_path / "run.h5", every=3):
+        for step in range(12):
+            if step % 3:  # twice between recorded steps: a new weight_mask each time, the old one freed
+                model[0].weight_mask = (torch.rand(24, 12) > 0.1 * step).float()
+            else:
+                expected.append(int(model[0].weight_mask.count_nonzero()))
+            train(model, opt, 1, seed=step)
+    with open_run(tmp_path / "run.h5") as run:
+        stream, params = run.stream(0), run.params(0)
+        column = params.names.index("0.weight")
+        assert params.mask_sources[column] == "prune"
+        assert stream.stats["active"][:, column].tolist() == expected
+        assert len(set(expected)) == 4

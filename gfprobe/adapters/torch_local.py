@@ -16,6 +16,7 @@ tensors, nested tensors, tensor subclasses other than DTensor) is skipped with o
 from __future__ import annotations
 
 import logging
+import weakref
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
@@ -114,14 +115,37 @@ def local_tensor(tensor: torch.Tensor) -> torch.Tensor:
     return local if _owns(tensor) else local.new_empty(0)
 
 
+class MaskVersion:
+    """Which mask tensor, at which in-place version, a cached value was computed from.
+
+    The tensor is held weakly and compared by identity: an ``id`` alone can be reused by the next
+    mask once pruning again frees the old one, and a stale count would then go unnoticed.
+    """
+
+    def __init__(self, mask: torch.Tensor) -> None:
+        self._ref = weakref.ref(mask)
+        self._version = mask._version
+
+    def matches(self, mask: torch.Tensor) -> bool:
+        return self._ref() is mask and self._version == mask._version
+
+
 def local_mask_getter(getter: Callable[[], torch.Tensor], param: torch.Tensor) -> Callable[[], torch.Tensor]:
-    """A mask getter that yields the part of a sharded parameter's mask this rank holds."""
+    """A mask getter that yields the part of a sharded parameter's mask this rank holds.
+
+    The part is a new view at each call; the one made last is handed out again while the mask
+    it came from is the same tensor, unchanged, so that the counts and prepared masks cached by
+    mask identity (``MaskVersion``) stay cached (a view shares its base's version counter).
+    """
+    made: list[tuple[MaskVersion, torch.Tensor]] = []
 
     def local() -> torch.Tensor:
         mask = getter()
-        if is_dtensor(mask):
-            return local_tensor(mask)
-        return _slice_like(mask, param)
+        if made and made[0][0].matches(mask):
+            return made[0][1]
+        part = local_tensor(mask) if is_dtensor(mask) else _slice_like(mask, param)
+        made[:] = [(MaskVersion(mask), part)]
+        return part
 
     return local
 

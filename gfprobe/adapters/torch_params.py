@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import sys
 from collections.abc import Callable, Iterable, Mapping
@@ -10,8 +11,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from gfprobe.adapters.torch_local import Sharding, fsdp1_shards, local_mask_getter, sharding_of
+from gfprobe.adapters.torch_local import Sharding, Unreadable, fsdp1_shards, local_mask_getter, sharding_of
 from gfprobe.errors import ConfigError
+from gfprobe.plugin.manager import call_each, warn_once
+from gfprobe.plugin.spec import ModuleMask
 from gfprobe.store.writer import ParamInfo
 
 # Prefixes that wrappers add in front of the user's own parameter names.
@@ -48,6 +51,7 @@ class _Owner:
     local: str
     source: str = "none"
     mask: MaskGetter | None = None
+    grad_is_masked: bool = False
 
 
 def _strip(name: str) -> str:
@@ -65,40 +69,53 @@ def _join(prefix: str, local: str) -> str:
 
 
 def _owners_in(root: nn.Module) -> dict[int, _Owner]:
-    """Map id(parameter) -> owner for every parameter under ``root``, seeing through prune and
-    parametrize so that ``fc.weight_orig`` and ``fc.parametrizations.weight.original`` are both
-    reported as ``fc.weight``."""
+    """Map id(parameter) -> owner for every parameter under ``root``. Masks come from the
+    ``gfprobe_module_masks`` hook (torch prune and parametrize built in, plugins first), which
+    also names the tensor the optimizer updates as the user knows it: ``fc.weight_orig`` and
+    ``fc.parametrizations.weight.original`` are both ``fc.weight``."""
     owners: dict[int, _Owner] = {}
     for mod_name, module in root.named_modules(remove_duplicate=True):
-        if torch.nn.utils.parametrize.is_parametrized(module):
+        for found in _module_masks(module):
+            owners.setdefault(id(found.param), _Owner(_join(mod_name, found.name), module, found.name,
+                                                      found.source, found.mask, found.grad_is_masked))
+        if torch.nn.utils.parametrize.is_parametrized(module):  # a parametrization without a mask
             for tensor_name, plist in module.parametrizations.items():
                 original = getattr(plist, "original", None)
                 if isinstance(original, torch.Tensor):
-                    owners.setdefault(id(original), _Owner(
-                        _join(mod_name, tensor_name), module, tensor_name, "parametrize",
-                        _parametrize_mask(plist)))
+                    owners.setdefault(id(original), _Owner(_join(mod_name, tensor_name), module, tensor_name,
+                                                           "parametrize", grad_is_masked=True))
         for local, param in module.named_parameters(recurse=False):
-            if id(param) in owners:
-                continue
-            if local.endswith("_orig") and hasattr(module, local[:-5] + "_mask"):
-                base = local[:-5]
-                owners[id(param)] = _Owner(_join(mod_name, base), module, base, "prune",
-                                           _attr_getter(module, base + "_mask"))
-            else:
-                owners[id(param)] = _Owner(_join(mod_name, local), module, local)
+            owners.setdefault(id(param), _Owner(_join(mod_name, local), module, local))
     return owners
 
 
-def _parametrize_mask(plist: nn.Module) -> MaskGetter | None:
-    for parametrization in plist:  # type: ignore[attr-defined]
-        if isinstance(getattr(parametrization, "mask", None), torch.Tensor):
-            return _attr_getter(parametrization, "mask")
-    return None
+def _module_masks(module: nn.Module) -> list[ModuleMask]:
+    """What every plugin answers for ``module``, each mask function guarded (see ``_guarded``)."""
+    found: list[ModuleMask] = []
+    for plugin, answer in call_each("gfprobe_module_masks", list, module=module):
+        for mask in answer:
+            if not (isinstance(mask, ModuleMask) and isinstance(mask.param, torch.Tensor) and callable(mask.mask)
+                    and isinstance(mask.name, str) and isinstance(mask.source, str)):
+                warn_once(plugin, "gfprobe_module_masks", f"answered {mask!r}, not a ModuleMask of a tensor; left out")
+                continue
+            found.append(dataclasses.replace(mask, mask=_guarded(plugin, mask.mask)))
+    return found
 
 
-def _attr_getter(obj: object, attr: str) -> MaskGetter:
-    # Fetched at every step: pruning again replaces the buffer object.
-    return lambda: getattr(obj, attr)
+def _guarded(plugin: str, get: Callable[[], torch.Tensor]) -> MaskGetter:
+    """A plugin's mask function that fails, or gives no tensor, makes that one parameter
+    unreadable (recorded as missing, one warning), never the whole recording stop."""
+
+    def mask() -> torch.Tensor:
+        try:
+            value = get()
+        except (Exception, SystemExit) as exc:
+            raise Unreadable(f"masked by plugin {plugin!r}, whose mask failed ({type(exc).__name__}: {exc})") from None
+        if not isinstance(value, torch.Tensor):
+            raise Unreadable(f"masked by plugin {plugin!r}, whose mask is a {type(value).__name__}, not a tensor")
+        return value
+
+    return mask
 
 
 def discover_roots() -> list[nn.Module]:
@@ -143,7 +160,7 @@ def track(
         seen_names.add(name)
         shard = fsdp1.get(id(param))
         shape = shard.shape if shard else tuple(param.shape)  # a DTensor's shape is the unsharded one
-        source, getter, grad_masked = owner.source, owner.mask, owner.source in ("prune", "parametrize")
+        source, getter, grad_masked = owner.source, owner.mask, owner.grad_is_masked
         if masks == "none":
             source, getter, grad_masked = "none", None, False
         elif name in explicit:

@@ -30,6 +30,7 @@ from gfprobe.adapters import torch_hooks
 from gfprobe.adapters.torch_params import TrackedParam, discover_roots, track
 from gfprobe.adapters.torch_stats import DEFAULT_KERNEL, CpuStats, DeviceStats, make_stats
 from gfprobe.capture import session
+from gfprobe.capture.metadata import BATCH_STEPS, FLUSH_SECONDS, base_metadata
 from gfprobe.capture.recorder import PendingBlock, Recorder
 from gfprobe.errors import ConfigError
 from gfprobe.outpath import check_writable
@@ -37,8 +38,6 @@ from gfprobe.schedule import Schedule, as_schedule
 
 log = logging.getLogger("gfprobe")
 
-BATCH_STEPS = 256  # rows kept before a flush: one device-to-host copy per batch
-FLUSH_SECONDS = 2.0  # and never longer than this between flushes while training steps
 
 
 @dataclass
@@ -87,6 +86,7 @@ class Probe:
             weakref.WeakKeyDictionary())
         self._active = False
         self._closed = False
+        self._error: str | None = None  # why fail() stopped recording
 
     # -- lifecycle ----------------------------------------------------------------------------
     def start(self) -> Probe:
@@ -105,6 +105,8 @@ class Probe:
     @property
     def failure(self) -> str | None:
         """Why recording stopped early (``None`` while it works): the run file, if any, says ``failed``."""
+        if self._error is not None:
+            return self._error
         error = self._recorder.failed
         return None if error is None else f"{type(error).__name__}: {error}"
 
@@ -267,6 +269,7 @@ class Probe:
         log.warning("gfprobe: recording stopped after an internal error (%s: %s); training goes on",
                     type(exc).__name__, exc)
         self._closed = True
+        self._error = f"{type(exc).__name__}: {exc}"
         self._detach()
         atexit.unregister(self.close)
         # Rows already computed are valid: keep them. The failed step itself has no row.
@@ -359,20 +362,27 @@ def distributed_rank() -> tuple[int, int]:
 
 
 def run_metadata(command: list[str]) -> dict[str, Any]:
-    import platform
-    import sys
+    return {**base_metadata(command, "torch"), "torch_version": torch.__version__, "cpu_stats_kernel": DEFAULT_KERNEL}
 
-    from gfprobe import __version__
 
-    return {
-        "command": command,
-        "cwd": os.getcwd(),
-        "host": platform.node(),
-        "python_version": sys.version.split()[0],
-        "gfprobe_version": __version__,
-        "torch_version": torch.__version__,
-        "cpu_stats_kernel": DEFAULT_KERNEL,
-    }
+def start_probe(
+    out: Path,
+    command: list[str],
+    *,
+    every: int | Schedule = 1,
+    masks: str | Mapping[str, torch.Tensor] = "auto",
+    attrs: Mapping[str, Any] | None = None,
+    all_ranks: bool = False,
+    model: nn.Module | None = None,
+    optimizer: torch.optim.Optimizer | None = None,
+) -> Probe:
+    """The one way a probe starts, for ``gfprobe.watch`` and ``gfprobe record`` alike: a recorder
+    for ``out`` with the run's metadata, and the optimizer hooks. Which rank writes is decided at
+    the first optimizer step (``Probe._claim_file``), when the process group is known."""
+    metadata = dict(run_metadata(command), every=every if isinstance(every, int) else "custom",
+                    masks=masks if isinstance(masks, str) else "explicit")
+    recorder = Recorder(out, metadata, attrs or {})
+    return Probe(recorder, every=every, masks=masks, model=model, optimizer=optimizer, all_ranks=all_ranks).start()
 
 
 def watch(
@@ -387,17 +397,10 @@ def watch(
     """See :func:`gfprobe.watch`."""
     import sys
 
-    path: Path | None = Path(out)
     try:
         check_writable(out, "gfprobe.watch(out=...)")
     except ConfigError as exc:  # training matters more than its recording: warn and train on
         log.warning("gfprobe: not recording: %s", exc)
-        path = None
-    recorder = Recorder(
-        Path(out),
-        dict(run_metadata(list(sys.argv)), every=every if isinstance(every, int) else "custom",
-             masks=masks if isinstance(masks, str) else "explicit"),
-        attrs or {},
-    )
-    probe = Probe(recorder, every=every, masks=masks, model=model, optimizer=optimizer, all_ranks=all_ranks)
-    return probe.start() if path is not None else probe  # never started: no hook, no file
+        return Probe(Recorder(Path(out), {}, {}))  # never started: no hook, no file
+    return start_probe(Path(out), list(sys.argv), every=every, masks=masks, attrs=attrs, all_ranks=all_ranks,
+                       model=model, optimizer=optimizer)

@@ -27,7 +27,7 @@ import scipy
 import torch
 from scipy.linalg import blas
 
-from gfprobe.adapters.torch_local import Unreadable, UnreadableLog, readable
+from gfprobe.adapters.torch_local import MaskVersion, Unreadable, UnreadableLog, readable
 from gfprobe.adapters.torch_params import TrackedParam
 from gfprobe.store.schema import STAT_FIELDS
 
@@ -87,18 +87,21 @@ def _single_threaded_blas() -> Iterator[None]:
         _SET_BLAS_THREADS(previous)
 
 
+def _is_current(key: MaskVersion | None, mask: torch.Tensor) -> bool:
+    return key is not None and key.matches(mask)
+
+
 class _ActiveCounts:
     """Active-weight counts, recounted only when a mask tensor changes (new object or in-place
     edit, seen through the tensor's version counter), so dense and fixed-mask runs pay nothing."""
 
     def __init__(self, tracked: Sequence[TrackedParam]) -> None:
-        self._keys: list[tuple[int, int] | None] = [None] * len(tracked)
+        self._keys: list[MaskVersion | None] = [None] * len(tracked)
         self.values = np.array([t.local_numel for t in tracked], dtype=np.float64)
 
     def refresh(self, index: int, mask: torch.Tensor) -> float:
-        key = (id(mask), mask._version)
-        if self._keys[index] != key:
-            self._keys[index] = key
+        if not _is_current(self._keys[index], mask):
+            self._keys[index] = MaskVersion(mask)
             self.values[index] = float(torch.count_nonzero(mask))
         return float(self.values[index])
 
@@ -205,7 +208,7 @@ class CpuStats:
         self._dtypes = np.zeros(n, dtype=np.int8)
         self._mask_ptrs = np.zeros(n, dtype=np.uint64)
         # Masks that must be applied here, prepared for the kernel, keyed by their source tensor.
-        self._masks: dict[int, tuple[tuple[int, int], np.ndarray]] = {}
+        self._masks: dict[int, tuple[MaskVersion, np.ndarray]] = {}
         self._buffers: dict[int, np.ndarray] = {}
 
     def row(self, grads: Sequence[torch.Tensor | None] | None = None) -> np.ndarray:
@@ -243,12 +246,11 @@ class CpuStats:
         """A mask to apply here (explicit and zeros masks; prune and parametrize gradients arrive
         masked already) in the form the kernel reads: bits packed 8 to a byte for the C kernel,
         booleans for BLAS. Prepared again only when the mask tensor changes."""
-        key = (id(source), source._version)
         cached = self._masks.get(index)
-        if cached is None or cached[0] != key:
+        if cached is None or not cached[0].matches(source):
             active = source.detach().to(device="cpu", dtype=torch.bool).contiguous().numpy().ravel()
             prepared = np.packbits(active, bitorder="little") if self._native is not None else active
-            cached = self._masks[index] = (key, prepared)
+            cached = self._masks[index] = (MaskVersion(source), prepared)
         return cached[1]
 
     def _native_rows(self, out: np.ndarray, inputs: list[tuple[int, torch.Tensor, np.ndarray | None]]) -> None:
@@ -299,7 +301,7 @@ class DeviceStats:
         self._grads = _Gradients(self._tracked, device)
         self._index_cache: dict[tuple[int, ...], torch.Tensor] = {}
         self._counts = _to_device([t.local_numel for t in tracked], torch.float32, device)
-        self._mask_keys: list[tuple[int, int] | None] = [None] * len(tracked)
+        self._mask_keys: list[MaskVersion | None] = [None] * len(tracked)
 
     def _index(self, positions: Sequence[int]) -> torch.Tensor:
         key = tuple(positions)
@@ -323,9 +325,8 @@ class DeviceStats:
             mask = self._grads.mask(i)
             if mask is None:
                 continue
-            key = (id(mask), mask._version)
-            if self._mask_keys[i] != key:  # device-side write: no host round trip
-                self._mask_keys[i] = key
+            if not _is_current(self._mask_keys[i], mask):  # device-side write: no host round trip
+                self._mask_keys[i] = MaskVersion(mask)
                 self._counts[i] = torch.count_nonzero(mask).to(torch.float32)
 
     def row(self, grads: Sequence[torch.Tensor | None] | None = None) -> torch.Tensor:

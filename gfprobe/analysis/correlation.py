@@ -19,10 +19,10 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
-from gfprobe.analysis.attrs import freeze
+from gfprobe.analysis.attrs import freeze, group_of
+from gfprobe.analysis.measure_set import measure_names
 from gfprobe.analysis.report import RunSummary
 from gfprobe.errors import ConfigError
-from gfprobe.measures import MEASURES
 
 METHODS = ("kendall", "spearman")
 GROUPS = ("sparse", "dense", "all")
@@ -44,18 +44,6 @@ class Correlation:
     p: float
     ci: tuple[float, float]
     split: tuple[tuple[str, Any], ...] = ()  # (attribute, value) of a --by split
-
-    def to_json(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"group": self.group, "measure": self.measure, "metric": self.metric,
-                               "method": self.method, "n": self.n, "coef": _num(self.coef), "p": _num(self.p),
-                               "ci": [_num(self.ci[0]), _num(self.ci[1])]}
-        if self.split:
-            out["split"] = dict(self.split)
-        return out
-
-
-def _num(value: float) -> float | None:
-    return float(value) if math.isfinite(value) else None
 
 
 def _coefficient(method: str) -> Callable[[np.ndarray, np.ndarray], Any]:
@@ -153,30 +141,23 @@ def bootstrap_interval(x: np.ndarray, y: np.ndarray, method: str, resamples: int
     return float(low), float(high)
 
 
-def group_of(run: RunSummary) -> str | None:
-    """"sparse" or "dense" from the run's ``sparse`` attribute; None when it has none."""
-    value = run.attrs.get("sparse")
-    if isinstance(value, bool | np.bool_):
-        return "sparse" if value else "dense"
-    return None
-
-
 def correlate(runs: Sequence[RunSummary], metric: str, method: str = "kendall", by: Sequence[str] = (),
-              measures: Sequence[str] = MEASURES, resamples: int = 1000, seed: int = 0) -> list[Correlation]:
+              measures: Sequence[str] | None = None, resamples: int = 1000, seed: int = 0) -> list[Correlation]:
     """The correlation table: every measure × group (× --by split) against ``metric``'s last value."""
     if method not in METHODS:
         raise ConfigError(f"unknown correlation method {method!r}; use one of {', '.join(METHODS)}")
     if not any(metric in run.metrics for run in runs):
         known = sorted({name for run in runs for name in run.metrics})
         raise ConfigError(f"no run has a metric {metric!r}; the runs have: {', '.join(known) or 'no metrics'}")
+    measures = measure_names() if measures is None else measures
     out = []
     for split, members in split_runs(runs, by):
         y_all = np.array([run.metrics.get(metric, {}).get("last", math.nan) for run in members])
-        groups = np.array([group_of(run) or "" for run in members])
+        groups = np.array([group_of(run.attrs) or "" for run in members])
         for group in GROUPS:
             rows = np.ones(len(members), dtype=bool) if group == "all" else groups == group
             for measure in measures:
-                x = np.array([run.measures[measure] for run in members])[rows]
+                x = np.array([run.measures.get(measure, math.nan) for run in members])[rows]
                 y = y_all[rows]
                 n = int((np.isfinite(x) & np.isfinite(y)).sum())
                 coef, p, ci = rank_correlation(x, y, method, resamples, seed)

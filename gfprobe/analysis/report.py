@@ -13,14 +13,13 @@ from typing import Any
 
 import numpy as np
 
+from gfprobe.analysis.layers import MEASURE_FIELDS, PER_LAYER_FIELDS, weight_layer_stats
+from gfprobe.analysis.measure_set import compute_series
 from gfprobe.errors import RunFileError
-from gfprobe.measures import MEASURES, LayerStats, compute_all, layer_norms
+from gfprobe.measures import LayerStats, layer_norms
 from gfprobe.store.reader import Metric, RunFile, StreamData, Unreadable, open_run, read_each
 from gfprobe.summary import DEFAULT_POINTS, summarise
 
-# What the measures need; the per-layer table also reads the largest |g| and non-finite counts.
-MEASURE_FIELDS = ("sumsq", "sum_abs", "masked_sumsq", "masked_sum_abs", "active")
-_LAYER_FIELDS = (*MEASURE_FIELDS, "max_abs", "nonfinite")
 # Metrics where lower is better; every other metric is taken as higher-is-better.
 _LOWER_IS_BETTER = ("loss", "error", "err", "perplexity", "ppl", "mse", "mae")
 
@@ -51,39 +50,6 @@ class RunSummary:
     how: str = "points"  # the summary of each per-step series (gfprobe.summary.SUMMARIES)
     points: int = DEFAULT_POINTS  # steps the "points" summary averages
 
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "path": self.path, "steps": self.steps, "layers": self.layers,
-            "measures": {k: _num(v) for k, v in self.measures.items()},
-            "metrics": {k: {kk: _num(vv) for kk, vv in v.items()} for k, v in self.metrics.items()},
-            "attrs": self.attrs, "skipped": self.skipped, "status": self.status,
-            "summary": {"how": self.how, **({"points": self.points} if self.how == "points" else {})},
-            **({"per_layer": [_layer_json(layer) for layer in self.per_layer]} if self.per_layer else {}),
-        }
-
-
-def _num(value: float) -> float | None:
-    return None if not np.isfinite(value) else float(value)
-
-
-def _layer_json(layer: LayerSummary) -> dict[str, Any]:
-    return {"name": layer.name, "shape": list(layer.shape), "density": _num(layer.density),
-            "l2": _num(layer.l2), "l1": _num(layer.l1), "max_abs": _num(layer.max_abs),
-            "nonfinite": layer.nonfinite}
-
-
-def weight_layer_stats(stream: StreamData) -> tuple[LayerStats, list[int]]:
-    """The weight layers' statistics over the steps the optimizer really took."""
-    cols = stream.params.indices("weight")
-    rows = ~stream.skipped
-
-    def take(name: str) -> np.ndarray:
-        block: np.ndarray = stream.stats[name][rows][:, cols]
-        return block
-
-    return LayerStats(take("sumsq"), take("sum_abs"), take("masked_sumsq"),
-                      take("masked_sum_abs"), take("active")), [int(c) for c in cols]
-
 
 def metric_summary(metric: Metric) -> dict[str, float]:
     values = metric.values
@@ -97,9 +63,9 @@ def metric_summary(metric: Metric) -> dict[str, float]:
 
 def summarise_run(run: RunFile, stream_index: int = 0, how: str = "points",
                   points: int = DEFAULT_POINTS, per_layer: bool = False) -> RunSummary:
-    stream = run.stream(stream_index, fields=_LAYER_FIELDS if per_layer else MEASURE_FIELDS)
+    stream = run.stream(stream_index, fields=PER_LAYER_FIELDS if per_layer else MEASURE_FIELDS)
     stats, cols = weight_layer_stats(stream)
-    series = compute_all(stats)
+    series = compute_series(stats)
     layers = _per_layer(stream, stats, cols, how, points) if per_layer else []
     return RunSummary(
         path=str(run.path),
@@ -107,7 +73,7 @@ def summarise_run(run: RunFile, stream_index: int = 0, how: str = "points",
         steps=int((~stream.skipped).sum()),
         skipped=int(stream.skipped.sum()),
         layers=stats.n_layers,
-        measures={name: summarise(series[name], how, points) for name in MEASURES},
+        measures={name: summarise(values, how, points) for name, values in series.items()},
         metrics={name: metric_summary(m) for name, m in sorted(run.metrics().items())},
         attrs=run.attrs,
         series={"egf_2": series["egf_2"].astype(np.float32)},

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from gfprobe.analysis.report import MEASURE_FIELDS, weight_layer_stats
+from gfprobe.analysis.layers import MEASURE_FIELDS, weight_layer_stats
 from gfprobe.measures import compute_all, layer_norms
 from gfprobe.store.reader import open_run
 

@@ -9,19 +9,18 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import importlib.abc
 import json
 import os
 import re
 import signal
 import sys
 import threading
-from collections.abc import Callable, Sequence
 from pathlib import Path
-from types import FrameType, ModuleType
+from types import FrameType
 from typing import Any
 
 from gfprobe.bootstrap import lifeline
+from gfprobe.bootstrap.imports import after_import
 from gfprobe.capture import session
 
 # Signals that end a process by default and that a scheduler or a closed terminal sends: the run
@@ -38,24 +37,31 @@ def install(config_json: str) -> None:
         sys.stdout = MetricTee(sys.stdout, patterns)
         sys.stderr = MetricTee(sys.stderr, patterns)
         tees = [sys.stdout, sys.stderr]
-    if "torch" in sys.modules:
-        _attach(config, tees)
-    else:
-        sys.meta_path.insert(0, _AfterImport("torch", lambda _m: _attach(config, tees)))
+    after_import("torch", lambda _module: _attach(config, tees), _recording_disabled)
+    _start_plugins(config)
 
 
 def _attach(config: dict[str, Any], tees: list[MetricTee]) -> None:
-    from gfprobe.adapters.torch_probe import Probe, run_metadata
-    from gfprobe.capture.recorder import Recorder
+    from gfprobe.adapters.torch_probe import start_probe
 
-    recorder = Recorder(
-        Path(config["out"]),
-        dict(run_metadata(config["command"]), every=config["every"], masks=config["masks"]),
-        config.get("attrs", {}),
-    )
-    probe = Probe(recorder, every=int(config["every"]), masks=config["masks"],
-                  all_ranks=bool(config.get("all_ranks"))).start()
+    probe = start_probe(Path(config["out"]), config["command"], every=int(config["every"]), masks=config["masks"],
+                        attrs=config.get("attrs", {}), all_ranks=bool(config.get("all_ranks")))
     _finalise_on_exit(probe, tees, config.get("ledger"))
+
+
+def _start_plugins(config: dict[str, Any]) -> None:
+    """Tell every plugin that recording is armed (Lightning's and Transformers' attach their
+    callbacks on import of their framework). Nothing a plugin does may stop the script."""
+    try:
+        from gfprobe.bootstrap.recording import Recording
+        from gfprobe.plugin.manager import call_each
+
+        recording = Recording(Path(config["out"]), int(config["every"]), str(config["masks"]),
+                              tuple(config["command"]), config.setdefault("attrs", {}))
+        for _ in call_each("gfprobe_record_started", lambda answer: answer, recording=recording):
+            pass
+    except (Exception, SystemExit) as exc:
+        sys.stderr.write(f"gfprobe: plugins not started: {type(exc).__name__}: {exc}\n")
 
 
 def _finalise_on_exit(probe: Any, tees: list[MetricTee], ledger: str | None) -> None:
@@ -100,38 +106,8 @@ def _tell_launcher(ledger: str, failure: str) -> None:
         f.write(json.dumps({"pid": os.getpid(), "failure": failure}) + "\n")
 
 
-class _AfterImport(importlib.abc.MetaPathFinder):
-    """Runs ``callback(module)`` right after ``module_name`` finishes importing."""
-
-    def __init__(self, module_name: str, callback: Callable[[ModuleType], None]) -> None:
-        self._name = module_name
-        self._callback = callback
-
-    def find_spec(self, fullname: str, path: Sequence[str] | None, target: ModuleType | None = None) -> Any:
-        if fullname != self._name:
-            return None
-        sys.meta_path.remove(self)
-        spec = None
-        for finder in sys.meta_path:  # whichever finder would have found it (site-packages, editable, ...)
-            find = getattr(finder, "find_spec", None)
-            spec = find(fullname, path, target) if find else None
-            if spec is not None:
-                break
-        if spec is None or spec.loader is None or not hasattr(spec.loader, "exec_module"):
-            return spec
-        loader = spec.loader
-        original_exec = loader.exec_module
-        callback = self._callback
-
-        def exec_module(module: ModuleType) -> None:
-            original_exec(module)
-            try:
-                callback(module)
-            except Exception as exc:
-                sys.stderr.write(f"gfprobe: recording disabled: {type(exc).__name__}: {exc}\n")
-
-        loader.exec_module = exec_module
-        return spec
+def _recording_disabled(exc: BaseException) -> None:
+    sys.stderr.write(f"gfprobe: recording disabled: {type(exc).__name__}: {exc}\n")
 
 
 class MetricTee:

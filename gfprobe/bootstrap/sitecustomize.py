@@ -24,7 +24,7 @@ def _arm(config: str) -> None:
         from gfprobe.bootstrap.autoattach import install
 
         install(config)
-    except Exception as exc:
+    except (Exception, SystemExit) as exc:  # a plugin's sys.exit() must not end the command
         sys.stderr.write(f"gfprobe: cannot record in this Python ({sys.executable}): {exc}\n")
 
 

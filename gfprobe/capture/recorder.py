@@ -110,6 +110,15 @@ class Recorder:
         rows = [(name, at, now, float(v)) for name, v in values.items()]
         self._put(("metrics", rows))
 
+    def add_attrs(self, attrs: Mapping[str, Any]) -> None:
+        """Run attributes learnt after the recorder was made (a framework's hyper-parameters):
+        in the file's header when it is not created yet, else added to it by the writer thread."""
+        with self._start_lock:
+            if self._thread is None:
+                self._attrs.update(attrs)
+                return
+        self._put(("attrs", dict(attrs)))
+
     def elapsed(self) -> float:
         return time.time() - self.start_time
 
@@ -155,6 +164,11 @@ class Recorder:
                 early.extend(item[1])
             else:
                 writer.append_metrics(item[1])
+        elif kind == "attrs":
+            if writer is None:
+                self._attrs.update(item[1])
+            else:
+                writer.add_attrs(item[1])
         elif kind == "close" and writer is not None:
             end = {"end_time": _iso(time.time()), **({"error": item[2]} if item[2] else {})}
             writer.close(item[1], end)

@@ -6,11 +6,14 @@ anywhere in a script that ``gfprobe record`` wraps, without a handle being passe
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from numbers import Real
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from gfprobe.errors import ConfigError
+
+_log = logging.getLogger("gfprobe")
 
 if TYPE_CHECKING:  # importing gfprobe must stay cheap: the CLI starts with it
     from gfprobe.capture.recorder import Recorder
@@ -25,6 +28,11 @@ def activate(recorder: Recorder) -> None:
 def deactivate(recorder: Recorder) -> None:
     if recorder in _active:
         _active.remove(recorder)
+
+
+def recording() -> bool:
+    """Whether a run records in this process (``gfprobe.watch`` or ``gfprobe record``)."""
+    return bool(_active)
 
 
 def log(step: int | None = None, **metrics: float) -> None:
@@ -51,3 +59,25 @@ def log_values(values: Mapping[str, float], step: int | None = None) -> None:
     for recorder in list(_active):
         recorder.log_metrics(values, step)
 
+
+
+def set_attrs(attrs: Mapping[str, Any]) -> None:
+    """Store run attributes (e.g. a framework's hyper-parameters) in every active run.
+
+    Values are scalars or strings, anything else is stored as JSON text (see docs/run-file.md).
+    A silent no-op when nothing records. Later values for a key replace earlier ones.
+    """
+    if not _active:
+        return
+    from gfprobe.store.writer import attr_value  # only while recording: h5py is loaded by then
+
+    storable = {}
+    for key, value in attrs.items():
+        if not isinstance(key, str) or not key:
+            raise ConfigError(f"gfprobe.set_attrs: attribute names are non-empty strings, got {key!r}")
+        try:
+            storable[key] = attr_value(value)  # here, in the caller's thread: the writer's must not fail
+        except ValueError as exc:
+            _log.warning("gfprobe: run attribute %r not stored: %s", key, exc)
+    for recorder in list(_active):
+        recorder.add_attrs(storable)

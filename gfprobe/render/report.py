@@ -12,9 +12,9 @@ from rich.cells import cell_len
 from rich.console import Console
 from rich.table import Table
 
-from gfprobe.analysis.report import RunSummary
+from gfprobe.analysis.report import LayerSummary, RunSummary
 from gfprobe.measures import MEASURES
-from gfprobe.render.formats import fmt, sparkline, to_csv, to_json, to_markdown
+from gfprobe.render.formats import fmt, sparkline, to_csv, to_markdown
 from gfprobe.render.layout import Column, Label, fit
 from gfprobe.render.safe import markdown, printable, text
 from gfprobe.summary import describe, describe_runs
@@ -26,29 +26,46 @@ def _metric_names(runs: Sequence[RunSummary]) -> list[str]:
     return sorted({name for run in runs for name in run.metrics})
 
 
+def _measure_names(runs: Sequence[RunSummary]) -> list[str]:
+    """gfprobe's measures, then any a plugin added, in the order the runs have them."""
+    return list(dict.fromkeys([*MEASURES, *(name for run in runs for name in run.measures)]))
+
+
 def _header(runs: Sequence[RunSummary]) -> list[str]:
     metrics = [f"{m}_{k}" for m in _metric_names(runs) for k in ("last", "best")]
-    return ["path", "steps", "layers", *MEASURES, *metrics]
+    return ["path", "steps", "layers", *_measure_names(runs), *metrics]
 
 
-def _row(run: RunSummary, metric_names: list[str]) -> list[Any]:
+def _row(run: RunSummary, measure_names: list[str], metric_names: list[str]) -> list[Any]:
     metric_cells = [run.metrics.get(m, {}).get(k, float("nan")) for m in metric_names for k in ("last", "best")]
-    return [run.path, run.steps, run.layers, *(run.measures[m] for m in MEASURES), *metric_cells]
+    measure_cells = [run.measures.get(m, float("nan")) for m in measure_names]
+    return [run.path, run.steps, run.layers, *measure_cells, *metric_cells]
 
 
-def render_json(runs: Sequence[RunSummary]) -> str:
-    return to_json({"runs": [run.to_json() for run in runs]})
+def run_json(run: RunSummary) -> dict[str, Any]:
+    """One run as JSON data (``formats.to_json`` writes NaN as null)."""
+    return {
+        "path": run.path, "steps": run.steps, "layers": run.layers, "measures": run.measures,
+        "metrics": run.metrics, "attrs": run.attrs, "skipped": run.skipped, "status": run.status,
+        "summary": {"how": run.how, **({"points": run.points} if run.how == "points" else {})},
+        **({"per_layer": [_layer_json(layer) for layer in run.per_layer]} if run.per_layer else {}),
+    }
+
+
+def _layer_json(layer: LayerSummary) -> dict[str, Any]:
+    return {"name": layer.name, "shape": list(layer.shape), "density": layer.density, "l2": layer.l2,
+            "l1": layer.l1, "max_abs": layer.max_abs, "nonfinite": layer.nonfinite}
 
 
 def render_csv(runs: Sequence[RunSummary]) -> str:
-    names = _metric_names(runs)
-    return to_csv(_header(runs), [_row(run, names) for run in runs])
+    measures, metrics = _measure_names(runs), _metric_names(runs)
+    return to_csv(_header(runs), [_row(run, measures, metrics) for run in runs])
 
 
 def render_markdown(runs: Sequence[RunSummary], per_layer: bool = False) -> str:
-    names = _metric_names(runs)
+    measures, metrics = _measure_names(runs), _metric_names(runs)
     out = f"**Gradient flow: {markdown(summary_of(runs))}**\n\n"
-    out += to_markdown(_header(runs), [_row(run, names) for run in runs])
+    out += to_markdown(_header(runs), [_row(run, measures, metrics) for run in runs])
     if per_layer:
         for run in runs:
             out += f"\n**{markdown(run.path)}**\n\n" + to_markdown(*_layer_rows(run))
@@ -111,7 +128,8 @@ def render_table(console: Console, runs: Sequence[RunSummary], per_layer: bool =
 def _measure_columns(runs: Sequence[RunSummary]) -> list[Column]:
     steps = [fmt(run.steps) + (f" +{run.skipped} skipped" if run.skipped else "") for run in runs]
     return [Column("steps", steps), Column("layers", [fmt(run.layers) for run in runs]),
-            *(Column(name, [fmt(run.measures[m]) for run in runs]) for m, name in zip(MEASURES, SHORT, strict=True))]
+            *(Column(name, [fmt(run.measures[m]) for run in runs]) for m, name in zip(MEASURES, SHORT, strict=True)),
+            *(Column(m, [fmt(run.measures.get(m)) for run in runs]) for m in _measure_names(runs)[len(MEASURES):])]
 
 
 def _trend_columns(runs: Sequence[RunSummary]) -> list[Column]:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import math
 import os
 from collections.abc import Mapping, Sequence
@@ -29,6 +30,8 @@ from gfprobe.store import schema
 from gfprobe.store.publish import WriteLock, publish, temp_path
 from gfprobe.store.reserve import DiskFullError, SpaceReserve
 from gfprobe.store.table import Column, GrowingTable, create_table
+
+log = logging.getLogger("gfprobe")
 
 
 @dataclass(frozen=True)
@@ -62,13 +65,29 @@ def _encode(text: str, dtype: np.dtype[np.generic]) -> bytes:
     return raw[: dtype.itemsize]
 
 
-def _attr_value(value: Any) -> Any:
-    """HDF5 attributes hold scalars and strings; anything richer is stored as JSON text."""
+def attr_value(value: Any) -> Any:
+    """A run attribute as HDF5 stores it: scalars and strings as they are, anything richer (and a
+    string HDF5 cannot hold, one with a NUL) as JSON text. ValueError for a value JSON cannot
+    write either (one that contains itself)."""
     if isinstance(value, str):
-        return str(value)  # plain str: h5py cannot store subclasses such as TorchVersion
+        return str(value) if "\x00" not in value else json.dumps(value)  # str(): not a subclass (TorchVersion)
     if isinstance(value, bool | int | float | np.generic):
         return value
     return json.dumps(value, default=str)
+
+
+def _text_size(attrs: Mapping[str, Any]) -> int:
+    """About the bytes ``attrs`` take as text (str(), which, unlike JSON, any value has)."""
+    return sum(len(str(key)) + len(str(value)) for key, value in attrs.items())
+
+
+def _set_attrs(group: h5py.Group, attrs: Mapping[str, Any]) -> None:
+    """Store each attribute HDF5 can take; one it cannot is named in a warning, the rest stored."""
+    for key, value in attrs.items():
+        try:
+            group.attrs[key] = attr_value(value)
+        except (TypeError, ValueError, OverflowError) as exc:
+            log.warning("gfprobe: run attribute %r not stored: %s", key, exc)
 
 
 def _record_columns() -> list[Column]:
@@ -102,7 +121,7 @@ class RunWriter:
             undo.callback(self._space.release)
             self._lock = WriteLock(temp)
             undo.callback(self._lock.release)
-            self._space.ensure(len(json.dumps({**metadata, **attrs}, default=str)) * 2)
+            self._space.ensure((_text_size(metadata) + _text_size(attrs)) * 2)
             self._write_header(metadata, attrs)
             self._create_layout()
             self._file.swmr_mode = True  # writes the header and layout to disk
@@ -119,10 +138,8 @@ class RunWriter:
         self._file.attrs["schema_version"] = schema.SCHEMA_VERSION
         self._file.attrs["status"] = "running"
         for key, value in metadata.items():
-            self._file.attrs[key] = _attr_value(value)
-        user = self._file.create_group("attrs")
-        for key, value in attrs.items():
-            user.attrs[key] = _attr_value(value)
+            self._file.attrs[key] = attr_value(value)
+        _set_attrs(self._file.create_group("attrs"), attrs)
 
     def _create_layout(self) -> None:
         f = self._file
@@ -188,6 +205,11 @@ class RunWriter:
                               "metrics/time": np.array([r[2] for r in rows]),
                               "metrics/value": np.array([r[3] for r in rows])})
 
+    def add_attrs(self, attrs: Mapping[str, Any]) -> None:
+        """Add (or replace) run attributes of a file already created."""
+        self._space.ensure(_text_size(attrs) * 2)
+        _set_attrs(self._file["attrs"], attrs)
+
     def _pending_bytes(self) -> int:
         return self._records.pending_bytes + self._metrics.pending_bytes
 
@@ -244,7 +266,7 @@ class RunWriter:
 def _stamp(f: h5py.File, status: str, end_metadata: Mapping[str, Any]) -> None:
     f.attrs["status"] = status
     for key, value in end_metadata.items():
-        f.attrs[key] = _attr_value(value)
+        f.attrs[key] = attr_value(value)
     f.flush()
 
 

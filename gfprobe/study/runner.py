@@ -22,6 +22,7 @@ from types import TracebackType
 
 from gfprobe.errors import ConfigError, GfprobeError, RunFileError
 from gfprobe.store.reader import open_run
+from gfprobe.study import capacity, names
 from gfprobe.study.config import RunSpec, Study
 
 RUNS_DIR = "runs"
@@ -46,6 +47,47 @@ class RunOptions:
     download: bool = False
     jobs: int = 1
     device: str = "cpu"
+
+
+def check_study(study: Study, options: RunOptions) -> None:
+    """Everything that can be checked before training: the device, every pair's capacity plan, and
+    every data set's files (loaded once here, so a missing file stops the study before it starts)."""
+    require_torch()
+    from gfprobe.study import data  # imports torch: only a study that trains gets here
+
+    if not study.runs:
+        raise ConfigError("the study has no runs")
+    check_device(options.device)
+    pairs = {(s.arch, s.dataset, s.sparse_width, s.density, s.hidden_layers) for s in study.runs}
+    for arch, dataset, width, density, hidden in sorted(pairs):
+        capacity.plan_pair(arch, names.DATASETS[dataset], width, density, hidden)
+    for dataset in sorted({spec.dataset for spec in study.runs}):
+        data.load(dataset, options.data_root, options.download)
+
+
+def require_torch() -> None:
+    """Training needs torch, which ``pip install gfprobe`` (the analysis side) does not install."""
+    try:
+        import torch  # noqa: F401
+    except ModuleNotFoundError as exc:
+        if exc.name != "torch":
+            raise ConfigError(f"training needs torch, which cannot be imported here ({exc})") from None
+        raise ConfigError("training needs torch, which is not installed here; "
+                          "install it with: pip install 'gfprobe[torch]'") from None
+    except ImportError as exc:  # a broken or half-installed torch
+        raise ConfigError(f"training needs torch, which cannot be imported here ({exc})") from None
+
+
+def check_device(device: str) -> None:
+    """Refuse a device torch does not know, or CUDA where there is none."""
+    import torch  # here, not at the top: only training needs torch, never planning or reporting
+
+    try:
+        parsed = torch.device(device)
+    except RuntimeError:
+        raise ConfigError(f"--device {device!r} is not a torch device; use cpu, cuda or cuda:N") from None
+    if parsed.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"--device {device}: this torch build or machine has no CUDA device; use --device cpu")
 
 
 def run_path(out_dir: Path, spec: RunSpec) -> Path:
