@@ -156,8 +156,8 @@ def load(path: str | Path, stream: int = 0) -> Run:
         return Run(Path(path), run.metadata, run.attrs, run.metrics(), run.stream(stream))
 
 
-def summarize(paths: str | Path | Sequence[str | Path], stream: int = 0, how: str = "points", points: int = DEFAULT_POINTS,
-              per_layer: bool = False) -> list[RunSummary]:
+def summarize(paths: str | Path | Sequence[str | Path], stream: int = 0, how: str = "points",
+              points: int = DEFAULT_POINTS, per_layer: bool = False) -> list[RunSummary]:
     """One summary per run file (a folder stands for the ``*.h5`` files under it), as ``gfprobe
     report`` prints them: each measure summarised over the run (``how``: "points", the mean of
     ``points`` evenly spaced steps, or "mean", "last", ...), each metric's last and best value,

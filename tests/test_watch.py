@@ -354,3 +354,42 @@ def test_active_counts_follow_a_mask_replaced_twice_between_recorded_steps(tmp_p
         assert params.mask_sources[column] == "prune"
         assert stream.stats["active"][:, column].tolist() == expected
         assert len(set(expected)) == 4
+
+
+class _KeepMask(nn.Module):
+    """A parametrization with a ``mask`` (as torch.ao.pruning's FakeSparsity has)."""
+
+    def __init__(self, mask: torch.Tensor) -> None:
+        super().__init__()
+        self.register_buffer("mask", mask)
+
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        return weight * self.mask
+
+
+def test_pruning_that_starts_mid_training_is_taken_up_at_the_next_step(tmp_path: Path) -> None:
+    """Gradual pruning: the optimizer was first seen unpruned; every step after a prune (or a
+    parametrization with a mask) counts the active weights of its new mask, and the parameter
+    table says which kind of mask the weight has."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(12, 24), nn.ReLU(), nn.Linear(24, 4))
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    expected_first, expected_last = [], []
+    with gfprobe.watch(model, opt, out=tmp_path / "run.h5"):
+        for step in range(9):
+            if step == 3:
+                prune.l1_unstructured(model[0], "weight", amount=0.5)
+            if step == 6:
+                prune.l1_unstructured(model[0], "weight", amount=0.25)  # prunes again: a new mask
+                keep = (torch.arange(96).reshape(4, 24) % 4 != 0).float()
+                torch.nn.utils.parametrize.register_parametrization(model[2], "weight", _KeepMask(keep))
+            expected_first.append(int(model[0].weight_mask.count_nonzero()) if step >= 3 else 288)
+            expected_last.append(72 if step >= 6 else 96)
+            train(model, opt, 1, seed=step)
+    with open_run(tmp_path / "run.h5") as run:
+        params, active = run.params(0), run.stream(0).stats["active"]
+        first, last = params.names.index("0.weight"), params.names.index("2.weight")
+        assert (params.mask_sources[first], params.mask_sources[last]) == ("prune", "parametrize")
+        assert active[:, first].tolist() == expected_first
+        assert active[:, last].tolist() == expected_last
+        assert len(set(expected_first)) == 3

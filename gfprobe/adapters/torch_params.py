@@ -15,6 +15,7 @@ from gfprobe.adapters.torch_local import Sharding, Unreadable, fsdp1_shards, loc
 from gfprobe.errors import ConfigError
 from gfprobe.plugin.manager import call_each, warn_once
 from gfprobe.plugin.spec import ModuleMask
+from gfprobe.store.schema import MASK_EXPLICIT
 from gfprobe.store.writer import ParamInfo
 
 # Prefixes that wrappers add in front of the user's own parameter names.
@@ -183,6 +184,26 @@ def track(
         raise ConfigError(f"masks= names parameters the optimizer does not update: "
                           f"{', '.join(sorted(explicit))}; known names: {known}")
     return tracked
+
+
+def refresh_masks(tracked: list[TrackedParam], module: nn.Module, masks: str | Mapping[str, torch.Tensor]) -> list[int]:
+    """Take up the masks ``module`` (and the modules under it) now put on tracked parameters that
+    had none, or another kind, when they were first tracked (pruning that starts mid-training).
+    Returns the indices that changed. Explicit masks, ``masks="none"`` and sharded parameters
+    keep what they had (a sharded parameter's mask needs its shard found at tracking time)."""
+    if isinstance(masks, str) and masks == "none":
+        return []
+    owners = _owners_in(module)
+    changed = []
+    for index, t in enumerate(tracked):
+        owner = owners.get(id(t.param))
+        if (owner is None or owner.mask is None or owner.source == t.info.mask_source
+                or t.info.mask_source == MASK_EXPLICIT or t.sharding is not None):
+            continue
+        t.mask, t.grad_is_masked = owner.mask, owner.grad_is_masked
+        t.info = dataclasses.replace(t.info, mask_source=owner.source)
+        changed.append(index)
+    return changed
 
 
 def _explicit_masks(masks: str | Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:

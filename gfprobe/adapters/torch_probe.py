@@ -26,8 +26,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from gfprobe.adapters import torch_hooks
-from gfprobe.adapters.torch_params import TrackedParam, discover_roots, track
+from gfprobe.adapters import torch_hooks, torch_remask
+from gfprobe.adapters.torch_params import TrackedParam, discover_roots, refresh_masks, track
 from gfprobe.adapters.torch_stats import DEFAULT_KERNEL, CpuStats, DeviceStats, make_stats
 from gfprobe.capture import session
 from gfprobe.capture.metadata import BATCH_STEPS, FLUSH_SECONDS, base_metadata
@@ -87,11 +87,14 @@ class Probe:
         self._active = False
         self._closed = False
         self._error: str | None = None  # why fail() stopped recording
+        # Modules that got a mask since the last recorded step (see torch_remask), held weakly.
+        self._remask: list[weakref.ref[nn.Module]] = []
 
     # -- lifecycle ----------------------------------------------------------------------------
     def start(self) -> Probe:
         torch_hooks.attach(self)
         self._patch_grad_scaler()
+        torch_remask.listen(self._masks_changed)
         session.activate(self._recorder)
         atexit.register(self.close)
         self._active = True
@@ -133,6 +136,7 @@ class Probe:
     def _detach(self) -> None:
         self._active = False
         torch_hooks.detach(self)
+        torch_remask.unlisten(self._masks_changed)
         session.deactivate(self._recorder)
         self._unpatch_grad_scaler()
 
@@ -185,6 +189,8 @@ class Probe:
                 stream = self._register(optimizer)
                 if stream is None:
                     return
+            if self._remask:
+                self._take_up_new_masks()
             step = stream.step
             stream.step += 1
             if stream.index == 0:
@@ -200,6 +206,17 @@ class Probe:
                 self._flush(stream)
         except Exception as exc:
             self.fail(exc)
+
+    def _masks_changed(self, module: nn.Module) -> None:
+        """Called when pruning or parametrize puts a mask on ``module``: taken up at the next step."""
+        self._remask.append(weakref.ref(module))
+
+    def _take_up_new_masks(self) -> None:
+        modules, self._remask = [m() for m in self._remask], []
+        for module in {id(m): m for m in modules if m is not None}.values():
+            for stream in list(self._streams.values()):
+                for index in refresh_masks(stream.tracked, module, self._masks):
+                    self._recorder.set_mask_source(stream.index, index, stream.tracked[index].info.mask_source)
 
     def _wants(self, optimizer: torch.optim.Optimizer) -> bool:
         if not self._model_params:

@@ -101,6 +101,10 @@ class Recorder:
         self._put(("stream", optimizer, list(params)))
         return stream
 
+    def set_mask_source(self, stream: int, index: int, source: str) -> None:
+        """Parameter ``index`` of ``stream`` got a mask after its stream was added (gradual pruning)."""
+        self._put(("mask_source", stream, index, source))
+
     def add_block(self, block: PendingBlock) -> None:
         self._put(("block", block))
 
@@ -164,6 +168,8 @@ class Recorder:
                 early.extend(item[1])
             else:
                 writer.append_metrics(item[1])
+        elif kind == "mask_source" and writer is not None:
+            writer.set_mask_source(item[1], item[2], item[3])
         elif kind == "attrs":
             if writer is None:
                 self._attrs.update(item[1])

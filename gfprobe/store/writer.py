@@ -179,6 +179,12 @@ class RunWriter:
         self._stream_cols.append((first, last))
         return stream
 
+    def set_mask_source(self, stream: int, index: int, source: str) -> None:
+        """Parameter ``index`` of ``stream`` is masked from now on (a run has one source per parameter:
+        the last one; its ``active`` counts say from which step on)."""
+        column = self._stream_cols[stream][0] + index
+        self._file["params"]["mask_source"][column] = _encode(source, schema.PARAM_COLUMNS["mask_source"])
+
     def append_steps(self, block: StepBlock) -> None:
         n = len(block.steps)
         if n == 0:

@@ -1,5 +1,5 @@
-"""gfprobe's Lightning plugin: what ``self.log`` logs, the hyper-parameters and ``ModelPruning``'s
-masks, recorded into gfprobe runs.
+"""gfprobe's Lightning plugin: what ``self.log`` logs and the hyper-parameters, recorded into
+gfprobe runs.
 
 Importing this package imports neither Lightning nor torch: ``GfprobeCallback`` is loaded when
 first used.

@@ -38,7 +38,6 @@ from typing import TYPE_CHECKING, Any
 from gfprobe.capture import session
 from gfprobe.errors import ConfigError, short
 from gfprobe.schedule import as_schedule
-from gfprobe_lightning import _masks
 
 if TYPE_CHECKING:
     from gfprobe.adapters.torch_probe import Probe
@@ -60,9 +59,6 @@ def recording_active() -> bool:
 
 class CallbackCore:
     """The hooks of ``GfprobeCallback``; see ``gfprobe_lightning.GfprobeCallback``."""
-
-    # ModelPruning of the Lightning package the subclass belongs to.
-    _pruning_types: tuple[type, ...] = ()
 
     def __init__(
         self,
@@ -91,10 +87,9 @@ class CallbackCore:
         self._guard("watch the logged metrics", self._wrap_log_metrics, trainer)
 
     def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
-        # In this order: the recording must exist before attributes go into it, and the masks be
-        # announced before gfprobe first sees the optimizer (the first step, after this hook).
+        # In this order: the recording must exist before attributes go into it. ModelPruning's
+        # masks need nothing here: gfprobe takes up a mask put on mid-training at the next step.
         self._guard("start recording", self._start_recording, pl_module)
-        self._guard("announce ModelPruning's masks", self._announce_pruning, trainer)
         self._guard("record the hyper-parameters", self._record_hyperparameters, trainer, pl_module)
 
     def teardown(self, trainer: Any, pl_module: Any, stage: str) -> None:
@@ -171,13 +166,6 @@ class CallbackCore:
         probe, self._probe = self._probe, None
         if probe is not None:
             probe.close(status)
-
-    def _announce_pruning(self, trainer: Any) -> None:
-        for callback in getattr(trainer, "callbacks", ()):
-            if isinstance(callback, self._pruning_types):
-                # Resolved by ModelPruning.setup, which ran before this hook.
-                for module, name in getattr(callback, "_parameters_to_prune", None) or ():
-                    _masks.announce(module, name)
 
     def _record_hyperparameters(self, trainer: Any, pl_module: Any) -> None:
         if recording_active():

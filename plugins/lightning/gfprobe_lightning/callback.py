@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 from lightning.pytorch import Callback
-from lightning.pytorch.callbacks import ModelPruning
 
 from gfprobe_lightning._core import CallbackCore
 
 
 class GfprobeCallback(CallbackCore, Callback):
-    """Records what ``self.log`` logs, the hyper-parameters and ``ModelPruning``'s masks into the
-    gfprobe run of this process::
+    """Records what ``self.log`` logs and the hyper-parameters into the gfprobe run of this
+    process (``ModelPruning``'s masks gfprobe takes up by itself)::
 
         trainer = Trainer(callbacks=[GfprobeCallback()])            # under gfprobe record / watch
         trainer = Trainer(callbacks=[GfprobeCallback(out="run.h5")])  # records the fit by itself
@@ -30,4 +29,3 @@ class GfprobeCallback(CallbackCore, Callback):
         attrs: ``gfprobe.watch``'s ``attrs``, with ``out``.
     """
 
-    _pruning_types = (ModelPruning,)

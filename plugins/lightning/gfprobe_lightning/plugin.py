@@ -7,10 +7,9 @@ it waits for Lightning to be imported, and only then patches its Trainer.
 from __future__ import annotations
 
 from types import ModuleType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from gfprobe.plugin import ModuleMask, hookimpl
-from gfprobe_lightning import _masks
+from gfprobe.plugin import hookimpl
 
 if TYPE_CHECKING:
     from gfprobe.bootstrap.recording import Recording
@@ -25,12 +24,6 @@ def gfprobe_record_started(recording: Recording) -> None:
     process that does not import it)."""
     for package in LIGHTNING_PACKAGES:
         recording.after_import(package, _attach)
-
-
-@hookimpl
-def gfprobe_module_masks(module: Any) -> list[ModuleMask]:
-    """The masks that a ``ModelPruning`` callback will apply to ``module`` (see ``_masks``)."""
-    return _masks.module_masks(module)
 
 
 def _attach(package: ModuleType) -> None:

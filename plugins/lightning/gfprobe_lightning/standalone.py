@@ -4,7 +4,6 @@ its own ``Callback`` class; see ``gfprobe_lightning.GfprobeCallback``."""
 from __future__ import annotations
 
 from pytorch_lightning import Callback
-from pytorch_lightning.callbacks import ModelPruning
 
 from gfprobe_lightning._core import CallbackCore
 
@@ -12,4 +11,3 @@ from gfprobe_lightning._core import CallbackCore
 class GfprobeCallback(CallbackCore, Callback):
     """``gfprobe_lightning.GfprobeCallback`` for ``import pytorch_lightning as pl``."""
 
-    _pruning_types = (ModelPruning,)
