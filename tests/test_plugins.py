@@ -405,3 +405,27 @@ def test_unstorable_attributes_after_the_file_exists_cost_nothing_else(tmp_path:
         assert run.stream(0).steps.tolist() == [0, 1, 2, 3]
         assert run.attrs == {"ok": 1, "nul": json.dumps("a\x00b"), "nested": {"lr": [0.1, 0.01]}}
     assert "run attribute 'loop' not stored: Circular reference detected" in caplog.text
+
+
+LONG_SOURCE = """
+    import gfprobe
+    from gfprobe.plugin import ModuleMask
+
+    @gfprobe.hookimpl
+    def gfprobe_module_masks(module):
+        keep = getattr(module, "keep", None)
+        if keep is None:
+            return None
+        return [ModuleMask("weight", module.weight, lambda: module.keep, "a-source-name-too-long-for-its-column")]
+"""
+
+
+def test_a_mask_source_too_long_for_the_file_is_refused_with_one_line(plugins_from: Path, tmp_path: Path,
+                                                                     caplog: pytest.LogCaptureFixture) -> None:
+    install_plugin(plugins_from, "longsource", LONG_SOURCE)
+    train_keep_model(tmp_path / "run.h5", torch.ones(4, 6))
+    with open_run(tmp_path / "run.h5") as run:
+        assert run.params(0).mask_sources == ["none"] * 4  # cut to 16 bytes, it would be a lie
+        assert run.stream(0).steps.tolist() == [0, 1, 2]
+    failures = [r.getMessage() for r in caplog.records if "longsource" in r.getMessage()]
+    assert len(failures) == 1 and "a source of 1 to 16 bytes" in failures[0]

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from gfprobe.plugin.spec import ModuleMask, hookimpl
+from gfprobe.store.schema import MASK_PARAMETRIZE, MASK_PRUNE
 
 
 @hookimpl
@@ -30,7 +31,7 @@ def _parametrize_masks(module: Any) -> list[ModuleMask]:
         original = getattr(plist, "original", None)  # None when the parametrization unpacks to several tensors
         mask = _parametrize_mask(plist)
         if original is not None and mask is not None:
-            found.append(ModuleMask(tensor_name, original, mask, "parametrize"))
+            found.append(ModuleMask(tensor_name, original, mask, MASK_PARAMETRIZE))
     return found
 
 
@@ -44,7 +45,7 @@ def _parametrize_mask(plist: Any) -> Callable[[], Any] | None:
 
 
 def _prune_masks(module: Any) -> list[ModuleMask]:
-    return [ModuleMask(local[:-5], param, _attr_getter(module, local[:-5] + "_mask"), "prune")
+    return [ModuleMask(local[:-5], param, _attr_getter(module, local[:-5] + "_mask"), MASK_PRUNE)
             for local, param in module.named_parameters(recurse=False)
             if local.endswith("_orig") and hasattr(module, local[:-5] + "_mask")]
 

@@ -15,7 +15,17 @@ from gfprobe.adapters.torch_local import Sharding, Unreadable, fsdp1_shards, loc
 from gfprobe.errors import ConfigError
 from gfprobe.plugin.manager import call_each, warn_once
 from gfprobe.plugin.spec import ModuleMask
-from gfprobe.store.schema import MASK_EXPLICIT
+from gfprobe.store.schema import (
+    BIAS,
+    MASK_EXPLICIT,
+    MASK_NONE,
+    MASK_PARAMETRIZE,
+    MASK_SOURCE_BYTES,
+    MASK_ZEROS,
+    NORM,
+    OTHER,
+    WEIGHT,
+)
 from gfprobe.store.writer import ParamInfo
 
 # Prefixes that wrappers add in front of the user's own parameter names.
@@ -50,7 +60,7 @@ class _Owner:
     name: str
     module: nn.Module | None
     local: str
-    source: str = "none"
+    source: str = MASK_NONE
     mask: MaskGetter | None = None
     grad_is_masked: bool = False
 
@@ -84,7 +94,7 @@ def _owners_in(root: nn.Module) -> dict[int, _Owner]:
                 original = getattr(plist, "original", None)
                 if isinstance(original, torch.Tensor):
                     owners.setdefault(id(original), _Owner(_join(mod_name, tensor_name), module, tensor_name,
-                                                           "parametrize", grad_is_masked=True))
+                                                           MASK_PARAMETRIZE, grad_is_masked=True))
         for local, param in module.named_parameters(recurse=False):
             owners.setdefault(id(param), _Owner(_join(mod_name, local), module, local))
     return owners
@@ -96,8 +106,10 @@ def _module_masks(module: nn.Module) -> list[ModuleMask]:
     for plugin, answer in call_each("gfprobe_module_masks", list, module=module):
         for mask in answer:
             if not (isinstance(mask, ModuleMask) and isinstance(mask.param, torch.Tensor) and callable(mask.mask)
-                    and isinstance(mask.name, str) and isinstance(mask.source, str)):
-                warn_once(plugin, "gfprobe_module_masks", f"answered {mask!r}, not a ModuleMask of a tensor; left out")
+                    and isinstance(mask.name, str) and isinstance(mask.source, str)
+                    and 0 < len(mask.source.encode()) <= MASK_SOURCE_BYTES):
+                warn_once(plugin, "gfprobe_module_masks", f"answered {mask!r}, not a ModuleMask of a tensor with a "
+                          f"source of 1 to {MASK_SOURCE_BYTES} bytes; left out")
                 continue
             found.append(dataclasses.replace(mask, mask=_guarded(plugin, mask.mask)))
     return found
@@ -130,10 +142,10 @@ def discover_roots() -> list[nn.Module]:
 
 def classify(local: str, module: nn.Module | None, ndim: int) -> str:
     if module is not None and (isinstance(module, _NORM_TYPES) or "Norm" in type(module).__name__):
-        return "norm"
+        return NORM
     if local.endswith("bias"):
-        return "bias"
-    return "weight" if ndim >= 2 else "other"
+        return BIAS
+    return WEIGHT if ndim >= 2 else OTHER
 
 
 def track(
@@ -163,11 +175,11 @@ def track(
         shape = shard.shape if shard else tuple(param.shape)  # a DTensor's shape is the unsharded one
         source, getter, grad_masked = owner.source, owner.mask, owner.grad_is_masked
         if masks == "none":
-            source, getter, grad_masked = "none", None, False
+            source, getter, grad_masked = MASK_NONE, None, False
         elif name in explicit:
-            source, getter, grad_masked = "explicit", _const(explicit.pop(name), param, name), False
-        elif masks == "zeros" and source == "none" and len(shape) >= 2:
-            source, getter, grad_masked = "zeros", _const(param.detach() != 0, param, name), False
+            source, getter, grad_masked = MASK_EXPLICIT, _const(explicit.pop(name), param, name), False
+        elif masks == "zeros" and source == MASK_NONE and len(shape) >= 2:
+            source, getter, grad_masked = MASK_ZEROS, _const(param.detach() != 0, param, name), False
         sharding = sharding_of(param, shard)
         if sharding is not None and shard is None and getter is not None:
             getter = local_mask_getter(getter, param)

@@ -96,6 +96,12 @@ class Recorder:
         return True
 
     def add_stream(self, optimizer: str, params: Sequence[ParamInfo]) -> int:
+        """Register an optimizer's parameters; ValueError for a row an adapter got wrong (a kind
+        outside ``schema.PARAM_KINDS``, a mask source too long for its column)."""
+        for param in params:
+            problem = param.problem()
+            if problem is not None:
+                raise ValueError(problem)
         stream = self._n_streams
         self._n_streams += 1
         self._put(("stream", optimizer, list(params)))

@@ -26,6 +26,8 @@ STAT_FIELDS: tuple[str, ...] = (
 )
 INT_STAT_FIELDS = frozenset({"nonfinite", "masked_nonfinite", "active", "has_grad"})
 
+MASK_SOURCE_BYTES = 16  # the mask_source column's width: a plugin's own source name must fit
+
 PARAM_COLUMNS: dict[str, np.dtype[np.generic]] = {
     "name": np.dtype("S256"),
     "shape": np.dtype("S64"),
@@ -33,7 +35,7 @@ PARAM_COLUMNS: dict[str, np.dtype[np.generic]] = {
     "kind": np.dtype("S16"),
     "module_type": np.dtype("S64"),
     "stream": np.dtype("i2"),
-    "mask_source": np.dtype("S16"),
+    "mask_source": np.dtype(f"S{MASK_SOURCE_BYTES}"),
 }
 STREAM_COLUMNS: dict[str, np.dtype[np.generic]] = {"optimizer": np.dtype("S64")}
 STEP_COLUMNS: dict[str, np.dtype[np.generic]] = {
@@ -51,12 +53,12 @@ METRIC_COLUMNS: dict[str, np.dtype[np.generic]] = {
 METRIC_NAME_DTYPE = np.dtype("S128")
 
 # A parameter's kind (the "kind" column). Every measure and rule looks at the weights alone.
-WEIGHT = "weight"
-PARAM_KINDS = (WEIGHT, "bias", "norm", "other")
+WEIGHT, BIAS, NORM, OTHER = "weight", "bias", "norm", "other"
+PARAM_KINDS = (WEIGHT, BIAS, NORM, OTHER)
 # How a parameter's mask was found (the "mask_source" column; docs/recording.md, "Masks").
 MASK_NONE, MASK_PRUNE, MASK_PARAMETRIZE, MASK_EXPLICIT, MASK_ZEROS = (
     "none", "prune", "parametrize", "explicit", "zeros")
-MASK_SOURCES = (MASK_NONE, MASK_PRUNE, MASK_PARAMETRIZE, MASK_EXPLICIT, MASK_ZEROS)
+MASK_SOURCES = (MASK_NONE, MASK_PRUNE, MASK_PARAMETRIZE, MASK_EXPLICIT, MASK_ZEROS)  # and plugins' own
 # torch applies these masks inside the forward pass: masked weights get no gradient by construction.
 MASKS_IN_FORWARD = (MASK_PRUNE, MASK_PARAMETRIZE)
 # Under these the parameter is the weight itself: the raw gradient of masked weights is recorded.

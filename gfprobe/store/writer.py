@@ -42,7 +42,16 @@ class ParamInfo:
     shape: tuple[int, ...]
     kind: str
     module_type: str
-    mask_source: str = "none"
+    mask_source: str = schema.MASK_NONE
+
+    def problem(self) -> str | None:
+        """What an adapter got wrong in this row, if anything (a report would misread it)."""
+        if self.kind not in schema.PARAM_KINDS:
+            return f"parameter {self.name}: kind {self.kind!r} is not one of {', '.join(schema.PARAM_KINDS)}"
+        if not 0 < len(self.mask_source.encode()) <= schema.MASK_SOURCE_BYTES:
+            limit = schema.MASK_SOURCE_BYTES
+            return f"parameter {self.name}: mask source {self.mask_source!r} must be 1 to {limit} bytes"
+        return None
 
     @property
     def numel(self) -> int:
