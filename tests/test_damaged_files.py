@@ -609,16 +609,24 @@ def test_every_unreadable_file_is_listed_by_the_worker_processes(study: tuple[Pa
         report.build_report(sorted(folder.glob("*.h5")))
 
 
-@pytest.mark.parametrize(("damage", "fragment"), [
-    (("retype", "stats/max_abs", 5), "stats/max_abs holds |S3, not numbers"),
-    (("attr", "attrs", "note", np.bytes_(b"a\x00b")), "a value in it cannot be copied into"),
-], ids=["bad-statistics", "text-with-nul"])
-def test_merge_names_the_bad_rank_file(bases: dict[str, Path], tmp_path: Path, damage: tuple[Any, ...],
-                                       fragment: str) -> None:
-    rank = damaged(bases, tmp_path, damage, base="recorded-rank")
+def test_merge_names_the_bad_rank_file(bases: dict[str, Path], tmp_path: Path) -> None:
+    rank = damaged(bases, tmp_path, ("retype", "stats/max_abs", 5), base="recorded-rank")
     result = invoke(["merge", rank, "--out", tmp_path / "merged.h5"], named=rank)
-    assert result.exit_code == 2 and fragment in result.stderr and len(result.output.strip().splitlines()) == 1
+    assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1
+    assert "stats/max_abs holds |S3, not numbers" in result.stderr
     assert not (tmp_path / "merged.h5").exists()
+
+
+def test_merge_keeps_text_with_a_nul_byte(bases: dict[str, Path], tmp_path: Path) -> None:
+    """HDF5's variable-length text cannot hold it: it is stored as fixed-length bytes, which read
+    back the same (it used to stop the merge)."""
+    rank = damaged(bases, tmp_path, ("attr", "attrs", "note", np.bytes_(b"a\x00b")), base="recorded-rank")
+    with open_run(rank, shards_ok=True) as run:
+        before = run.attrs["note"]
+    result = invoke(["merge", rank, "--out", tmp_path / "merged.h5"], named=rank)
+    assert result.exit_code == 0, result.output
+    with open_run(tmp_path / "merged.h5") as run:
+        assert run.attrs["note"] == before
 
 
 def test_bug_progress_bar_made_captured_output_depend_on_timing(bases: dict[str, Path],

@@ -190,7 +190,7 @@ class Recorder:
         return writer
 
     def _open(self) -> RunWriter:
-        writer = RunWriter(self.requested_path, self._metadata, self._attrs)
+        writer = RunWriter(self.requested_path, self._metadata, self._attrs, lenient_attrs=True)
         self.path = writer.path
         return writer
 

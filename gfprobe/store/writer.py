@@ -75,11 +75,14 @@ def _encode(text: str, dtype: np.dtype[np.generic]) -> bytes:
 
 
 def attr_value(value: Any) -> Any:
-    """A run attribute as HDF5 stores it: scalars and strings as they are, anything richer (and a
-    string HDF5 cannot hold, one with a NUL) as JSON text. ValueError for a value JSON cannot
-    write either (one that contains itself)."""
+    """A run attribute as HDF5 stores it: scalars and strings as they are (a string with a NUL,
+    which HDF5's variable-length text cannot hold, as fixed-length UTF-8 bytes, which read back
+    as the same string), anything richer as JSON text. ValueError for a value JSON cannot write
+    either (one that contains itself)."""
     if isinstance(value, str):
-        return str(value) if "\x00" not in value else json.dumps(value)  # str(): not a subclass (TorchVersion)
+        if "\x00" in value:
+            return np.bytes_(value.encode("utf-8", "surrogateescape"))
+        return str(value)  # not a subclass (TorchVersion), which h5py cannot store
     if isinstance(value, bool | int | float | np.generic):
         return value
     return json.dumps(value, default=str)
@@ -90,12 +93,16 @@ def _text_size(attrs: Mapping[str, Any]) -> int:
     return sum(len(str(key)) + len(str(value)) for key, value in attrs.items())
 
 
-def _set_attrs(group: h5py.Group, attrs: Mapping[str, Any]) -> None:
-    """Store each attribute HDF5 can take; one it cannot is named in a warning, the rest stored."""
+def _set_attrs(group: h5py.Group, attrs: Mapping[str, Any], lenient: bool) -> None:
+    """Store each attribute. ``lenient`` (while recording): one HDF5 cannot take is named in a
+    warning and the rest stored, since a training's attribute must not cost its run; otherwise
+    (a merge, which copies a file) it raises, and nothing is lost unsaid."""
     for key, value in attrs.items():
         try:
             group.attrs[key] = attr_value(value)
         except (TypeError, ValueError, OverflowError) as exc:
+            if not lenient:
+                raise
             log.warning("gfprobe: run attribute %r not stored: %s", key, exc)
 
 
@@ -116,8 +123,11 @@ class RunWriter:
     Appends are buffered; :meth:`flush` makes them durable and visible to readers.
     """
 
-    def __init__(self, path: Path, metadata: Mapping[str, Any], attrs: Mapping[str, Any]) -> None:
-        """Create the run file at ``path``, or at ``<stem>.<pid><suffix>`` when ``path`` exists."""
+    def __init__(self, path: Path, metadata: Mapping[str, Any], attrs: Mapping[str, Any],
+                 lenient_attrs: bool = False) -> None:
+        """Create the run file at ``path``, or at ``<stem>.<pid><suffix>`` when ``path`` exists.
+        ``lenient_attrs``: an attribute HDF5 cannot store is left out with a warning (recording)."""
+        self._lenient_attrs = lenient_attrs
         path.parent.mkdir(parents=True, exist_ok=True)
         temp = temp_path(path)
         temp.unlink(missing_ok=True)  # left by an earlier process with this pid
@@ -148,7 +158,7 @@ class RunWriter:
         self._file.attrs["status"] = "running"
         for key, value in metadata.items():
             self._file.attrs[key] = attr_value(value)
-        _set_attrs(self._file.create_group("attrs"), attrs)
+        _set_attrs(self._file.create_group("attrs"), attrs, self._lenient_attrs)
 
     def _create_layout(self) -> None:
         f = self._file
@@ -223,7 +233,7 @@ class RunWriter:
     def add_attrs(self, attrs: Mapping[str, Any]) -> None:
         """Add (or replace) run attributes of a file already created."""
         self._space.ensure(_text_size(attrs) * 2)
-        _set_attrs(self._file["attrs"], attrs)
+        _set_attrs(self._file["attrs"], attrs, self._lenient_attrs)
 
     def _pending_bytes(self) -> int:
         return self._records.pending_bytes + self._metrics.pending_bytes
