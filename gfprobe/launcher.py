@@ -162,20 +162,25 @@ def run(command: Sequence[str], options: RecordOptions) -> RecordResult:
             child = subprocess.Popen(argv, env=env, preexec_fn=lifeline.bind_to_parent(os.getpid()))
             relay.started(child)
             code = child.wait()
-        failures = _read_ledger(ledger)
+        failures, elsewhere = _read_ledger(ledger)
     exit_code = 128 - code if code < 0 else code  # killed by signal N: 128+N, like a shell
     try:
-        written, notes = _finish_run_files(out, started, exit_code)
+        written, notes = _finish_run_files(out, started, exit_code, elsewhere)
     except Exception as exc:  # a file vanishing under us must not cost the command's exit code
         written, notes = [], [f"could not finish the run files of {out}: {exc}"]
     return RecordResult(exit_code, written, notes, failures)
 
 
-def _finish_run_files(out: Path, started: float, exit_code: int) -> tuple[list[Path], list[str]]:
-    """Tidy up after the command: temporaries of dead processes, rank files, the exit code."""
+def _finish_run_files(out: Path, started: float, exit_code: int,
+                      elsewhere: Sequence[Path] = ()) -> tuple[list[Path], list[str]]:
+    """Tidy up after the command: temporaries of dead processes, rank files, the exit code.
+    ``elsewhere``: run files the processes said they wrote outside ``out`` (an adapter whose
+    user chose the path)."""
     remove_stale_temps(out)
     files, notes = _consolidate_shards(out, started)
     written = files + _written_files(out, started)
+    known = {p.resolve() for p in written}
+    written += [p for p in dict.fromkeys(elsewhere) if p.resolve() not in known and _modified_since(p, started)]
     notes += _stamp_exit_code(written, exit_code)
     return written, notes
 
@@ -192,23 +197,26 @@ def _private_ledger() -> Iterator[Path | None]:
         yield Path(private) / "ledger.jsonl" if private else None
 
 
-def _read_ledger(ledger: Path | None) -> list[str] | None:
-    """The failures the command's processes reported (see ``autoattach._tell_launcher``); None
-    when they could not report any."""
+def _read_ledger(ledger: Path | None) -> tuple[list[str] | None, list[Path]]:
+    """What the command's processes reported (see ``bootstrap.ledger``): why they recorded
+    nothing (None when they had nowhere to say), and run files they wrote outside ``--out``."""
     if ledger is None:
-        return None
+        return None, []
     try:
         lines = ledger.read_text(encoding="utf-8", errors="replace").splitlines()
     except OSError:
-        return []
-    failures = []
+        return [], []
+    failures, files = [], []
     for line in lines:
         try:
             entry = json.loads(line)
-            failures.append(f"process {entry['pid']}: {entry['failure']}")
+            if "file" in entry:
+                files.append(Path(entry["file"]))
+            else:
+                failures.append(f"process {entry['pid']}: {entry['failure']}")
         except (ValueError, KeyError, TypeError):
             continue  # a line cut short by a process killed while writing it
-    return failures
+    return failures, files
 
 
 def _stamp_exit_code(paths: list[Path], exit_code: int) -> list[str]:

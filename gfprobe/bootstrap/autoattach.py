@@ -21,6 +21,7 @@ from typing import Any
 
 from gfprobe.bootstrap import lifeline
 from gfprobe.bootstrap.imports import after_import
+from gfprobe.bootstrap.ledger import tell_launcher
 from gfprobe.capture import session
 
 # Signals that end a process by default and that a scheduler or a closed terminal sends: the run
@@ -57,7 +58,7 @@ def _start_plugins(config: dict[str, Any]) -> None:
         from gfprobe.plugin.manager import call_each
 
         recording = Recording(Path(config["out"]), int(config["every"]), str(config["masks"]),
-                              tuple(config["command"]), config.setdefault("attrs", {}))
+                              tuple(config["command"]), config.setdefault("attrs", {}), config.get("ledger"))
         for _ in call_each("gfprobe_record_started", lambda answer: answer, recording=recording):
             pass
     except (Exception, SystemExit) as exc:
@@ -75,8 +76,8 @@ def _finalise_on_exit(probe: Any, tees: list[MetricTee], ledger: str | None) -> 
         for tee in tees:
             tee.end()
         probe.close(status)
-        if ledger and probe.failure:
-            _tell_launcher(ledger, probe.failure)
+        if probe.failure:
+            tell_launcher(ledger, {"failure": probe.failure})
 
     previous_hook = sys.excepthook
 
@@ -98,12 +99,6 @@ def _finalise_on_exit(probe: Any, tees: list[MetricTee], ledger: str | None) -> 
     for signum in _ENDING_SIGNALS:
         if signal.getsignal(signum) in (signal.SIG_DFL, None):  # the script's own handlers stay
             signal.signal(signum, on_signal)
-
-
-def _tell_launcher(ledger: str, failure: str) -> None:
-    """One line for ``gfprobe record``, which cannot see why a process recorded nothing."""
-    with contextlib.suppress(OSError), open(ledger, "a", encoding="utf-8") as f:
-        f.write(json.dumps({"pid": os.getpid(), "failure": failure}) + "\n")
 
 
 def _recording_disabled(exc: BaseException) -> None:

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from gfprobe.bootstrap.imports import OnImport, after_import
+from gfprobe.bootstrap.ledger import tell_launcher
 from gfprobe.capture import session
 
 log = logging.getLogger("gfprobe")
@@ -17,7 +18,7 @@ class Recording:
     """The recording armed in this process: its options, and how to attach to a framework."""
 
     def __init__(self, out: Path, every: int, masks: str, command: tuple[str, ...],
-                 initial_attrs: dict[str, Any]) -> None:
+                 initial_attrs: dict[str, Any], ledger: str | None = None) -> None:
         self.out = out  # the run file asked for (a rank's or a shard's file may add a suffix)
         self.every = every
         self.masks = masks
@@ -26,6 +27,7 @@ class Recording:
         # after the plugins started: what they set before then goes here.
         self._initial_attrs = initial_attrs
         self._given = frozenset(initial_attrs)  # the user's --attr keys
+        self._ledger = ledger  # where the command's processes tell gfprobe record what they did
 
     @property
     def attrs(self) -> dict[str, Any]:
@@ -43,6 +45,12 @@ class Recording:
                         module_name, type(exc).__name__, " ".join(str(exc).split()))
 
         after_import(module_name, callback, failed)
+
+    def wrote(self, path: Path) -> None:
+        """A run file an adapter of this process wrote somewhere other than ``out`` (its user
+        chose the path): ``gfprobe record`` reports it, stamps the command's exit code into it
+        and checks it (``--check``) as it does ``out``."""
+        tell_launcher(self._ledger, {"file": str(Path(path).absolute())})
 
     def set_attrs(self, attrs: Mapping[str, Any]) -> None:
         """Run attributes (hyper-parameters, arguments) for the run; see ``gfprobe.set_attrs``.

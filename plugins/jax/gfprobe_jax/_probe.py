@@ -86,6 +86,7 @@ class Probe:
                 self._flush()
         # Outside the lock: the writer thread may take a while, and no callback should wait for it.
         self._recorder.close("failed" if self._recorder.failed else status)
+        _tell_record(self._recorder.path)
         return self._recorder.path
 
     def _at_exit(self) -> None:
@@ -106,6 +107,7 @@ class Probe:
             with contextlib.suppress(Exception):
                 self._flush()
         self._recorder.close("failed", error=f"{type(exc).__name__}: {exc}")
+        _tell_record(self._recorder.path)
 
     # -- the io_callback target ---------------------------------------------------------------
     def receive(self, step: Any, floats: Any, ints: Any) -> None:
@@ -162,6 +164,15 @@ def _exit_status() -> str:
     if isinstance(error, KeyboardInterrupt):
         return "interrupted"
     return "failed" if isinstance(error, BaseException) else "complete"
+
+
+def _tell_record(path: Path | None) -> None:
+    """Under ``gfprobe record``, name the file this process wrote (wherever ``out`` put it), so that
+    the record command reports, stamps and checks it as its own."""
+    from gfprobe_jax import plugin
+
+    if path is not None and plugin.current is not None:
+        plugin.current.wrote(path)
 
 
 def run_metadata(every: int, masked: bool) -> dict[str, Any]:

@@ -380,6 +380,24 @@ def test_under_gfprobe_record_watch_writes_the_file_record_asked_for(tmp_path: P
         assert run.metrics()["final"].values.tolist() == [1.0]
 
 
+def test_under_gfprobe_record_a_file_the_script_names_itself_is_the_records_too(tmp_path: Path) -> None:
+    """``watch(tx, out="mine.h5")`` under ``gfprobe record --out other.h5``: the script's choice
+    stands, and the record command reports, stamps and checks that file (it used to say the
+    command never trained and exit 3)."""
+    script = tmp_path / "train_jax.py"
+    script.write_text(UNDER_RECORD.replace("params=params, attrs", "out='mine.h5', params=params, attrs"))
+    result = subprocess.run([GFPROBE, "record", "--out", str(tmp_path / "other.h5"), "--check", "--", sys.executable,
+                             str(script)], capture_output=True, text=True, timeout=120, cwd=tmp_path,
+                            env=dict(os.environ, NO_COLOR="1"))
+    assert result.returncode == 0, result.stderr
+    mine = tmp_path / "mine.h5"
+    assert f"recorded 6 steps of 1 weight layers to {mine} (complete)" in result.stderr
+    assert "nonfinite" in result.stdout  # --check checked it
+    assert not (tmp_path / "other.h5").exists()
+    with open_run(mine) as run:
+        assert run.metadata["exit_code"] == 0
+
+
 # -- gfprobe's commands on the files, unchanged -------------------------------------------------
 
 
