@@ -407,17 +407,7 @@ def test_unstorable_attributes_after_the_file_exists_cost_nothing_else(tmp_path:
     assert "run attribute 'loop' not stored: Circular reference detected" in caplog.text
 
 
-LONG_SOURCE = """
-    import gfprobe
-    from gfprobe.plugin import ModuleMask
-
-    @gfprobe.hookimpl
-    def gfprobe_module_masks(module):
-        keep = getattr(module, "keep", None)
-        if keep is None:
-            return None
-        return [ModuleMask("weight", module.weight, lambda: module.keep, "a-source-name-too-long-for-its-column")]
-"""
+LONG_SOURCE = MASKS.replace('"blocksparse"', '"a-source-name-too-long-for-its-column"')
 
 
 def test_a_mask_source_too_long_for_the_file_is_refused_with_one_line(plugins_from: Path, tmp_path: Path,
