@@ -61,7 +61,9 @@ class GfprobeSpec:
         Attach to a framework here, lazily: ``recording.after_import("lightning.pytorch", f)``
         calls ``f(module)`` once that module is imported (at once if it already is), so a process
         that never imports the framework pays nothing. Log metrics with ``gfprobe.log`` and run
-        attributes with ``recording.set_attrs``.
+        attributes with ``recording.set_attrs``; an adapter that writes its own run file takes
+        ``recording.out``, ``.every`` and ``.attrs`` as its defaults, and names a file written
+        elsewhere with ``recording.wrote(path)`` (see ``gfprobe.bootstrap.recording.Recording``).
         """
 
     @hookspec
