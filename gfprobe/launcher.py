@@ -12,6 +12,7 @@ even by SIGKILL (Linux's parent-death signal; see ``bootstrap/lifeline.py``).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import re
@@ -30,6 +31,7 @@ from typing import Any
 from gfprobe.bootstrap import lifeline
 from gfprobe.errors import ConfigError, GfprobeError
 from gfprobe.outpath import check_writable
+from gfprobe.plugin.found import found
 from gfprobe.store.merge import merge, shard_files
 from gfprobe.store.publish import is_being_written, remove_stale_temps
 from gfprobe.store.reader import open_run
@@ -127,7 +129,9 @@ def prepare(command: Sequence[str], options: RecordOptions) -> tuple[list[str], 
     _make_room(out, options.force)
     config = {"out": str(out), "every": options.every, "masks": options.masks,
               "metrics": dict(options.metrics), "attrs": dict(options.attrs), "command": argv,
-              "all_ranks": options.all_ranks}
+              "all_ranks": options.all_ranks,
+              # Scanned here once, for every process of the command (see plugin/found.py).
+              "plugins": [dataclasses.astuple(entry) for entry in found() if not entry.disabled()]}
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(BOOTSTRAP_DIR), *filter(None, [env.get("PYTHONPATH")])])
     env["GFPROBE_RECORD"] = json.dumps(config)

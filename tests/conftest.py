@@ -12,7 +12,7 @@ import pytest
 
 from gfprobe.analysis import measure_set
 from gfprobe.cli import _common
-from gfprobe.plugin import manager
+from gfprobe.plugin import found, manager
 
 SCRIPTS = Path(__file__).parent / "scripts"
 FIXTURES = Path(__file__).parent.parent / "fixtures"
@@ -47,7 +47,7 @@ def no_installed_plugins(monkeypatch: pytest.MonkeyPatch) -> None:
     """The plugins installed beside gfprobe (``make test`` installs three) are never loaded
     implicitly here: each test sees gfprobe alone unless it installs or enables a plugin itself.
     Their own tests, in ``plugins/*/tests``, load them."""
-    monkeypatch.setenv(manager.DISABLE_ENV, "all")
+    monkeypatch.setenv(found.DISABLE_ENV, "all")
     forget_plugins()
 
 
@@ -63,7 +63,7 @@ def child_env(**extra: str) -> dict[str, str]:
     installed plugin (see ``no_installed_plugins``)."""
     env = dict(os.environ)
     env.update({"OMP_NUM_THREADS": "1", "NO_COLOR": "1", "GFPROBE_WIDTH": "120",
-                "PYTHONDONTWRITEBYTECODE": "1", manager.DISABLE_ENV: "all"})
+                "PYTHONDONTWRITEBYTECODE": "1", found.DISABLE_ENV: "all"})
     env.pop("GFPROBE_RECORD", None)
     env.update(extra)
     return env

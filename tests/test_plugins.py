@@ -26,7 +26,7 @@ from torch import nn
 import gfprobe
 import gfprobe.api as gfapi
 from gfprobe.bootstrap.imports import after_import
-from gfprobe.plugin import manager
+from gfprobe.plugin import found
 from gfprobe.store.reader import open_run
 
 
@@ -93,11 +93,11 @@ RAISES = """
 
 # The plugins installed in this environment (Lightning's, ...): left out, so that each test sees
 # gfprobe's built-in plugin and its own fake ones only.
-INSTALLED = ",".join(sorted(entry.name for entry in entry_points(group=manager.GROUP))) or "none"
+INSTALLED = ",".join(sorted(entry.name for entry in entry_points(group=found.GROUP))) or "none"
 
 
 def plugin_env(site: Path, **extra: str) -> dict[str, str]:
-    return child_env(PYTHONPATH=str(site), **{manager.DISABLE_ENV: INSTALLED, **extra})
+    return child_env(PYTHONPATH=str(site), **{found.DISABLE_ENV: INSTALLED, **extra})
 
 
 def run_gfprobe(site: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
@@ -230,7 +230,7 @@ class KeepLinear(nn.Linear):
 def plugins_from(site: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     """This process's plugins, found afresh on ``site`` (and forgotten after the test)."""
     monkeypatch.syspath_prepend(str(site))
-    monkeypatch.setenv(manager.DISABLE_ENV, INSTALLED)
+    monkeypatch.setenv(found.DISABLE_ENV, INSTALLED)
     forget_plugins()
     yield site
     forget_plugins()
@@ -419,3 +419,31 @@ def test_a_mask_source_too_long_for_the_file_is_refused_with_one_line(plugins_fr
         assert run.stream(0).steps.tolist() == [0, 1, 2]
     failures = [r.getMessage() for r in caplog.records if "longsource" in r.getMessage()]
     assert len(failures) == 1 and "a source of 1 to 16 bytes" in failures[0]
+
+
+def test_a_recorded_process_with_no_plugin_to_start_imports_nothing_for_plugins(site: Path, tmp_path: Path) -> None:
+    """gfprobe record looks for the plugins once and tells its command's processes: where there
+    is none (here: all disabled) they import neither pluggy nor importlib.metadata for them."""
+    script = tmp_path / "probe_imports.py"
+    script.write_text("import sys\nprint(sorted({'pluggy', 'importlib.metadata'} & set(sys.modules)))\n"
+                      + LOOKS_AT_TORCH)
+    none = record(tmp_path / "none.h5", [sys.executable, str(script)], env=child_env())
+    assert none.returncode == 0, none.stderr
+    assert none.stdout.splitlines()[0] == "[]"
+    install_plugin(site, "good", GOOD)
+    some = record(tmp_path / "some.h5", [sys.executable, str(script)], env=plugin_env(site))
+    assert some.returncode == 0, some.stderr
+    assert some.stdout.splitlines()[0] == "['pluggy']"  # the plugin was loaded, without a scan
+    with open_run(tmp_path / "some.h5") as run:
+        assert run.attrs["plugin_saw_every"] == 1
+
+
+LOOKS_AT_TORCH = """
+import torch
+model = torch.nn.Linear(3, 2)
+opt = torch.optim.SGD(model.parameters(), lr=0.1)
+for _ in range(2):
+    opt.zero_grad()
+    model(torch.ones(4, 3)).sum().backward()
+    opt.step()
+"""

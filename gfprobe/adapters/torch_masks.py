@@ -13,7 +13,6 @@ from collections.abc import Callable
 from typing import Any
 
 from gfprobe.plugin.spec import ModuleMask, hookimpl
-from gfprobe.store.schema import MASK_PARAMETRIZE, MASK_PRUNE
 
 
 @hookimpl
@@ -23,6 +22,8 @@ def gfprobe_module_masks(module: Any) -> list[ModuleMask]:
 
 def _parametrize_masks(module: Any) -> list[ModuleMask]:
     from torch.nn.utils import parametrize
+
+    from gfprobe.store.schema import MASK_PARAMETRIZE  # here: the schema imports NumPy
 
     if not parametrize.is_parametrized(module):
         return []
@@ -45,6 +46,8 @@ def _parametrize_mask(plist: Any) -> Callable[[], Any] | None:
 
 
 def _prune_masks(module: Any) -> list[ModuleMask]:
+    from gfprobe.store.schema import MASK_PRUNE
+
     return [ModuleMask(local[:-5], param, _attr_getter(module, local[:-5] + "_mask"), MASK_PRUNE)
             for local, param in module.named_parameters(recurse=False)
             if local.endswith("_orig") and hasattr(module, local[:-5] + "_mask")]

@@ -23,6 +23,7 @@ from gfprobe.bootstrap import lifeline
 from gfprobe.bootstrap.imports import after_import
 from gfprobe.bootstrap.ledger import tell_launcher
 from gfprobe.capture import session
+from gfprobe.plugin.found import Found, use
 
 # Signals that end a process by default and that a scheduler or a closed terminal sends: the run
 # is stamped 'interrupted' before the process dies of the signal, as it would have.
@@ -39,7 +40,10 @@ def install(config_json: str) -> None:
         sys.stderr = MetricTee(sys.stderr, patterns)
         tees = [sys.stdout, sys.stderr]
     after_import("torch", lambda _module: _attach(config, tees), _recording_disabled)
-    _start_plugins(config)
+    if "plugins" in config:  # gfprobe record found them: this process need not look again
+        use([Found(*entry) for entry in config["plugins"]])
+    if config.get("plugins", True):  # none installed: nothing is imported for them
+        _start_plugins(config)
 
 
 def _attach(config: dict[str, Any], tees: list[MetricTee]) -> None:

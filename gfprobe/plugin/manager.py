@@ -8,24 +8,22 @@ its answer left out. gfprobe itself keeps working either way.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
-import os
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from importlib.metadata import EntryPoint, entry_points
 from typing import Any, TypeVar
 
 import pluggy
 
 from gfprobe.plugin import spec
+from gfprobe.plugin.found import found
 
 log = logging.getLogger("gfprobe")
 T = TypeVar("T")
 
-GROUP = "gfprobe"  # the entry-point group plugins announce themselves in
-DISABLE_ENV = "GFPROBE_DISABLE_PLUGINS"  # comma-separated plugin names, or "all"
 # gfprobe's own implementations, registered like any plugin (their modules import no framework).
 _BUILTINS = {"torch-masks": "gfprobe.adapters.torch_masks"}
 
@@ -60,7 +58,10 @@ def plugin_manager() -> pluggy.PluginManager:
 
 def installed() -> list[PluginInfo]:
     """Every plugin found, loaded or skipped, built-in ones first."""
-    return list(_registry().infos)
+    # gfprobe's version is looked up only here: it costs importlib.metadata, which a recorded
+    # process need not import.
+    return [dataclasses.replace(info, version=_own_version()) if info.builtin else info
+            for info in _registry().infos]
 
 
 def _registry() -> _Registry:
@@ -81,17 +82,13 @@ def _load() -> _Registry:
     manager.add_hookspecs(spec.GfprobeSpec)
     registry = _Registry(manager)
     for name, module in _BUILTINS.items():
-        registry.infos.append(_register(manager, name, functools.partial(_import, module), _own_version(),
-                                        builtin=True))
-    disabled = _disabled()
-    for entry in _entry_points():
-        dist = entry.dist.name if entry.dist else "?"
-        version = entry.dist.version if entry.dist else "?"
-        if entry.name in disabled or "all" in disabled:
+        registry.infos.append(_register(manager, name, functools.partial(_import, module), "", builtin=True))
+    for entry in found():
+        if entry.disabled():
             manager.set_blocked(entry.name)
-            registry.infos.append(PluginInfo(entry.name, dist, version, disabled=True))
+            registry.infos.append(PluginInfo(entry.name, entry.dist, entry.version, disabled=True))
             continue
-        registry.infos.append(_register(manager, entry.name, entry.load, version, dist=dist))
+        registry.infos.append(_register(manager, entry.name, entry.load, entry.version, dist=entry.dist))
     return registry
 
 
@@ -124,15 +121,6 @@ def _skipped(name: str, dist: str, version: str, builtin: bool, exc: BaseExcepti
     error = f"{type(exc).__name__}: {' '.join(str(exc).split())}"
     log.warning("gfprobe: plugin %r (%s %s) skipped: %s", name, dist, version, error)
     return PluginInfo(name, dist, version, builtin=builtin, error=error)
-
-
-def _entry_points() -> list[EntryPoint]:
-    # Sorted, so that plugins register (and their hooks run) in the same order on every machine.
-    return sorted(entry_points(group=GROUP), key=lambda e: e.name)
-
-
-def _disabled() -> set[str]:
-    return {name.strip() for name in os.environ.get(DISABLE_ENV, "").split(",") if name.strip()}
 
 
 def _import(module: str) -> object:
