@@ -146,13 +146,23 @@ class GrowingTable:
             ds = self._main[col.path]
             ds.resize((stop, self._width) if col.wide else (stop,))
             ds[start:stop] = rows[col.path]
+            ds.flush()  # before the tail gives these rows up (see _write_tail)
         self._n_main = stop
 
     def _write_tail(self, pending: Mapping[str, np.ndarray]) -> None:
+        """Fill tail slots, in the order a reader can follow: a slot about to be refilled is marked
+        unused first, its new cells reach the file, and only then its row index. HDF5 writes the
+        dirty chunks of different datasets in no set order, so each step is flushed: without
+        that a reader was seen to take slots whose index had arrived but whose cells had not
+        (every step read as 0)."""
         start, stop = self._tail_written, self._n_pending
         if stop > start:
+            if self._tail_used > start:  # slots that still name rows now in the compressed datasets
+                self._tail_row[start:self._tail_used] = -1
+                self._tail_row.flush()
             for col in self._columns:
                 self._tail[col.path][start:stop] = pending[col.path][start:stop]
+                self._tail[col.path].flush()
             self._tail_row[start:stop] = np.arange(self._n_main + start, self._n_main + stop)
         if self._tail_used > stop:  # slots that held rows now in the compressed datasets
             self._tail_row[stop:self._tail_used] = -1
