@@ -69,6 +69,14 @@ def child_env(**extra: str) -> dict[str, str]:
     return env
 
 
+def gloo_aborted(result: subprocess.CompletedProcess[str]) -> bool:
+    """Whether a torchrun command failed because torch's gloo threads aborted a rank at its exit
+    ("terminate called without an active exception", SIGABRT). It happens with or without
+    gfprobe (plain torchrun DDP runs of tests/scripts/train_ddp.py aborted so here too), so a
+    test retries such a run once: a second abort in a row still fails it."""
+    return result.returncode != 0 and "terminate called without an active exception" in result.stderr
+
+
 def record(out: Path, script: str | Sequence[str], *args: str, options: Sequence[str] = (),
            timeout: float = 240, cwd: Path | None = None, env: dict[str, str] | None = None
            ) -> subprocess.CompletedProcess[str]:

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from conftest import SCRIPTS, child_env, record
+from conftest import SCRIPTS, child_env, gloo_aborted, record
 
 from gfprobe.errors import RunFileError
 from gfprobe.launcher import RecordOptions, prepare
@@ -44,7 +44,7 @@ def plain_torchrun(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
     for _ in range(2):
         plain = subprocess.run(torchrun(*args), capture_output=True, text=True, timeout=180, cwd=cwd,
                                env=child_env())
-        if plain.returncode == 0 or "terminate called without an active exception" not in plain.stderr:
+        if not gloo_aborted(plain):
             break
     return plain
 
