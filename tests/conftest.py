@@ -69,6 +69,18 @@ def child_env(**extra: str) -> dict[str, str]:
     return env
 
 
+# A script that takes three optimizer steps of a tiny model: for tests about how a script is run.
+THREE_STEPS = """
+import torch
+model = torch.nn.Linear(3, 2)
+opt = torch.optim.SGD(model.parameters(), lr=0.1)
+for _ in range(3):
+    opt.zero_grad()
+    model(torch.ones(4, 3)).sum().backward()
+    opt.step()
+"""
+
+
 def gloo_aborted(result: subprocess.CompletedProcess[str]) -> bool:
     """Whether a torchrun command failed because torch's gloo threads aborted a rank at its exit
     ("terminate called without an active exception", SIGABRT). It happens with or without

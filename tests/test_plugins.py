@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import FIXTURES, SCRIPTS, child_env, forget_plugins, record
+from conftest import FIXTURES, SCRIPTS, THREE_STEPS, child_env, forget_plugins, record
 from torch import nn
 
 import gfprobe
@@ -426,7 +426,7 @@ def test_a_recorded_process_with_no_plugin_to_start_imports_nothing_for_plugins(
     is none (here: all disabled) they import neither pluggy nor importlib.metadata for them."""
     script = tmp_path / "probe_imports.py"
     script.write_text("import sys\nprint(sorted({'pluggy', 'importlib.metadata'} & set(sys.modules)))\n"
-                      + LOOKS_AT_TORCH)
+                      + THREE_STEPS)
     none = record(tmp_path / "none.h5", [sys.executable, str(script)], env=child_env())
     assert none.returncode == 0, none.stderr
     assert none.stdout.splitlines()[0] == "[]"
@@ -437,13 +437,3 @@ def test_a_recorded_process_with_no_plugin_to_start_imports_nothing_for_plugins(
     with open_run(tmp_path / "some.h5") as run:
         assert run.attrs["plugin_saw_every"] == 1
 
-
-LOOKS_AT_TORCH = """
-import torch
-model = torch.nn.Linear(3, 2)
-opt = torch.optim.SGD(model.parameters(), lr=0.1)
-for _ in range(2):
-    opt.zero_grad()
-    model(torch.ones(4, 3)).sum().backward()
-    opt.step()
-"""

@@ -22,7 +22,7 @@ import h5py
 import numpy as np
 import pytest
 import torch
-from conftest import SCRIPTS, child_env, gloo_aborted, record
+from conftest import SCRIPTS, THREE_STEPS, child_env, gloo_aborted, record
 
 from gfprobe.adapters.torch_probe import FLUSH_SECONDS
 from gfprobe.analysis.report import build_report
@@ -577,14 +577,7 @@ def test_gfprobe_log_inside_a_recorded_script(tmp_path: Path) -> None:
 LOOKS_FOR_TORCH_FIRST = """
 import importlib.util
 assert importlib.util.find_spec("torch") is not None  # as transformers' is_torch_available() does
-import torch
-model = torch.nn.Linear(3, 2)
-opt = torch.optim.SGD(model.parameters(), lr=0.1)
-for _ in range(3):
-    opt.zero_grad()
-    model(torch.ones(4, 3)).sum().backward()
-    opt.step()
-"""
+""" + THREE_STEPS
 
 
 def test_a_script_that_looks_for_torch_before_importing_it_is_recorded(tmp_path: Path) -> None:
