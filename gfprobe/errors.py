@@ -22,6 +22,11 @@ class ConfigError(GfprobeError):
     """An option or argument has a value gfprobe cannot use."""
 
 
+# What code gfprobe calls but did not write (a plugin's hook, a callback on a framework's import)
+# may raise without it reaching the training: anything but a Ctrl-C, sys.exit() included.
+FOREIGN_ERRORS = (Exception, SystemExit)
+
+
 def did_you_mean(word: str, allowed: Iterable[str]) -> str:
     """`` (did you mean 'x'?)`` for the closest of ``allowed`` to a misspelt ``word``; "" if none is close."""
     close = difflib.get_close_matches(word, list(allowed), n=1, cutoff=0.6)

@@ -186,12 +186,18 @@ def test_record_started_hook_sets_attributes_and_logs_on_import_of_torch(site: P
         assert metric.steps.tolist() == [0] and metric.values.tolist() == [1.5]
 
 
-def test_a_plugin_that_raises_never_changes_the_training(site: Path, tmp_path: Path) -> None:
+def plain_and_recorded(site: Path, out: Path, name: str, source: str) -> tuple[
+        subprocess.CompletedProcess[str], subprocess.CompletedProcess[str]]:
+    """``train_mlp.py`` run plainly, then under ``gfprobe record`` with plugin ``name`` installed."""
     script = [sys.executable, str(SCRIPTS / "train_mlp.py")]
     plain = subprocess.run(script, capture_output=True, text=True, timeout=120, env=child_env())
-    install_plugin(site, "raises", RAISES)
+    install_plugin(site, name, source)
+    return plain, record(out, "train_mlp.py", env=plugin_env(site))
+
+
+def test_a_plugin_that_raises_never_changes_the_training(site: Path, tmp_path: Path) -> None:
     out = tmp_path / "run.h5"
-    result = record(out, "train_mlp.py", env=plugin_env(site))
+    plain, result = plain_and_recorded(site, out, "raises", RAISES)
     assert result.returncode == plain.returncode == 0
     assert result.stdout == plain.stdout
     warnings = [line for line in result.stderr.splitlines() if "'raises'" in line]
@@ -345,11 +351,8 @@ EXITS = """
 
 
 def test_a_plugin_that_calls_sys_exit_ends_nothing(site: Path, tmp_path: Path) -> None:
-    script = [sys.executable, str(SCRIPTS / "train_mlp.py")]
-    plain = subprocess.run(script, capture_output=True, text=True, timeout=120, env=child_env())
-    install_plugin(site, "exits", EXITS)
     out = tmp_path / "run.h5"
-    result = record(out, "train_mlp.py", env=plugin_env(site))
+    plain, result = plain_and_recorded(site, out, "exits", EXITS)
     assert (result.returncode, result.stdout) == (plain.returncode, plain.stdout)
     assert "plugin 'exits' failed in gfprobe_record_started: SystemExit: 3" in result.stderr
     assert "failed on import of torch (SystemExit: 4)" in result.stderr

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from gfprobe.adapters.torch_local import Sharding, Unreadable, fsdp1_shards, local_mask_getter, sharding_of
-from gfprobe.errors import ConfigError
+from gfprobe.errors import FOREIGN_ERRORS, ConfigError
 from gfprobe.plugin.manager import call_each, warn_once
 from gfprobe.plugin.spec import ModuleMask
 from gfprobe.store.schema import (
@@ -122,7 +122,7 @@ def _guarded(plugin: str, get: Callable[[], torch.Tensor]) -> MaskGetter:
     def mask() -> torch.Tensor:
         try:
             value = get()
-        except (Exception, SystemExit) as exc:
+        except FOREIGN_ERRORS as exc:
             raise Unreadable(f"masked by plugin {plugin!r}, whose mask failed ({type(exc).__name__}: {exc})") from None
         if not isinstance(value, torch.Tensor):
             raise Unreadable(f"masked by plugin {plugin!r}, whose mask is a {type(value).__name__}, not a tensor")

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from gfprobe.errors import FOREIGN_ERRORS
 from gfprobe.measures import MEASURES, LayerStats, compute_all
 from gfprobe.plugin.manager import call_each, warn_once
 from gfprobe.plugin.spec import Measure
@@ -65,7 +66,7 @@ def _plugin_series(plugin: str, name: str, function: Measure, stats: LayerStats)
         values = np.asarray(function(stats), dtype=np.float64)
         if values.shape != (steps,):
             raise ValueError(f"gave shape {values.shape}, not one value per step ({steps},)")
-    except (Exception, SystemExit) as exc:
+    except FOREIGN_ERRORS as exc:
         warn_once(plugin, f"measure {name!r}", f"{type(exc).__name__}: {' '.join(str(exc).split())}; "
                   "reported as missing")
         return np.full(steps, np.nan)

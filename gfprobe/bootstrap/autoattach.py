@@ -23,6 +23,7 @@ from gfprobe.bootstrap import lifeline
 from gfprobe.bootstrap.imports import after_import
 from gfprobe.bootstrap.ledger import tell_launcher
 from gfprobe.capture import session
+from gfprobe.errors import FOREIGN_ERRORS
 from gfprobe.plugin.found import Found, use
 
 # Signals that end a process by default and that a scheduler or a closed terminal sends: the run
@@ -65,7 +66,7 @@ def _start_plugins(config: dict[str, Any]) -> None:
                               tuple(config["command"]), config.setdefault("attrs", {}), config.get("ledger"))
         for _ in call_each("gfprobe_record_started", lambda answer: answer, recording=recording):
             pass
-    except (Exception, SystemExit) as exc:
+    except FOREIGN_ERRORS as exc:
         sys.stderr.write(f"gfprobe: plugins not started: {type(exc).__name__}: {exc}\n")
 
 

@@ -10,11 +10,10 @@ from collections.abc import Callable, Sequence
 from types import ModuleType
 from typing import Any
 
+from gfprobe.errors import FOREIGN_ERRORS
+
 OnImport = Callable[[ModuleType], None]
 OnError = Callable[[BaseException], None]
-# What a callback may raise without reaching the code that imported the module: anything but a
-# Ctrl-C (a plugin calling sys.exit() must not end the script it observes).
-CAUGHT = (Exception, SystemExit)
 
 
 def after_import(module_name: str, callback: OnImport, on_error: OnError) -> None:
@@ -27,7 +26,7 @@ def after_import(module_name: str, callback: OnImport, on_error: OnError) -> Non
         return
     try:
         callback(module)
-    except CAUGHT as exc:
+    except FOREIGN_ERRORS as exc:
         on_error(exc)
 
 
@@ -71,7 +70,7 @@ class _AfterImport(importlib.abc.MetaPathFinder):
                 sys.meta_path.remove(self)
             try:
                 self._callback(module)
-            except CAUGHT as exc:
+            except FOREIGN_ERRORS as exc:
                 self._on_error(exc)
 
         loader.exec_module = exec_module

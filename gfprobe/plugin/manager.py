@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 
 import pluggy
 
+from gfprobe.errors import FOREIGN_ERRORS
 from gfprobe.plugin import spec
 from gfprobe.plugin.found import found
 
@@ -97,7 +98,7 @@ def _register(manager: pluggy.PluginManager, name: str, load: Callable[[], objec
     try:
         plugin = load()
         manager.register(plugin, name=name)
-    except (Exception, SystemExit) as exc:
+    except FOREIGN_ERRORS as exc:
         return _skipped(name, dist, version, builtin, exc)
     try:
         manager.check_pending()  # a misspelt gfprobe_ hook would otherwise never be called
@@ -147,7 +148,7 @@ def call_each(hook_name: str, convert: Callable[[Any], T], **kwargs: Any) -> Ite
         try:
             result = impl.function(**{arg: kwargs[arg] for arg in impl.argnames})
             answer = None if result is None else convert(result)
-        except (Exception, SystemExit) as exc:  # a plugin's sys.exit() must not end the training
+        except FOREIGN_ERRORS as exc:
             warn_once(impl.plugin_name, hook_name, f"{type(exc).__name__}: {' '.join(str(exc).split())}")
             continue
         if answer is not None:
