@@ -178,3 +178,29 @@ def test_space_reserve_refuses_what_the_disk_cannot_hold_and_gives_it_back(small
     reserve.release()
     assert free_bytes(small_disk) >= before - 4096
     assert path.read_bytes() == b"x" * 1000
+
+
+def test_a_closed_run_file_keeps_no_reserve_on_the_real_disk(tmp_path: Path) -> None:
+    """What a closed file holds on disk is its own size, not its reserve: on ext4 a hole punched
+    past the end was accepted and freed nothing (a 94 KB run held 1.2 MB; 60 GB for 50,000 runs)."""
+    import numpy as np
+
+    from gfprobe.store.schema import STAT_FIELDS
+    from gfprobe.store.writer import ParamInfo, RunWriter, StepBlock
+
+    params = [ParamInfo("fc.weight", (64, 64), "weight", "Linear")]
+    path = tmp_path / "run.h5"
+    writer = RunWriter(path, {"command": ["test"]}, {})
+    writer.add_stream("SGD", params)
+    rows = np.ones((50, len(STAT_FIELDS), 1))
+    writer.append_steps(StepBlock(0, np.arange(50), np.zeros(50), np.zeros(50, np.uint8), rows))
+    writer.close("complete", {})
+    (tmp_path / "probe").write_bytes(b"")
+    probe = SpaceReserve(tmp_path / "probe")
+    probe.ensure(1)
+    supported = probe.supported
+    probe.release()
+    if not supported:
+        pytest.skip("no fallocate here: nothing is reserved")
+    held = path.stat().st_blocks * 512
+    assert held <= path.stat().st_size + 64 * 1024, f"{held:,} bytes on disk for a {path.stat().st_size:,}-byte file"
