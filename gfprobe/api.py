@@ -73,7 +73,13 @@ class Run:
 
     @property
     def optimizer(self) -> str:
+        """The stream's name: its optimizer's class, or a measurement stream's name (``probe``)."""
         return self.data.optimizer
+
+    @property
+    def protocol(self) -> str:
+        """How the stream's gradient was taken: ``minibatch`` (an optimizer's) or ``probe-batch``."""
+        return self.data.protocol
 
     @property
     def params(self) -> list[str]:
@@ -150,13 +156,18 @@ class Run:
         return pd.DataFrame(rows, columns=["name", "step", "time", "value"])
 
 
-def load(path: str | Path, stream: int = 0) -> Run:
-    """Read optimizer ``stream`` of the run file ``path`` (a RunFileError says why it cannot be read)."""
+def load(path: str | Path, stream: int | str = 0) -> Run:
+    """Read ``stream`` (an index, or a stream's name such as ``"probe"``) of the run file ``path``
+    (a RunFileError says why it cannot be read).
+
+    >>> load("fixtures/runs/dense.h5").protocol
+    'minibatch'
+    """
     with open_run(path) as run:
         return Run(Path(path), run.metadata, run.attrs, run.metrics(), run.stream(stream))
 
 
-def summarize(paths: str | Path | Sequence[str | Path], stream: int = 0, how: str = "points",
+def summarize(paths: str | Path | Sequence[str | Path], stream: int | str = 0, how: str = "points",
               points: int = DEFAULT_POINTS, per_layer: bool = False) -> list[RunSummary]:
     """One summary per run file (a folder stands for the ``*.h5`` files under it), as ``gfprobe
     report`` prints them: each measure summarised over the run (``how``: "points", the mean of

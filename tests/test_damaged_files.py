@@ -39,7 +39,7 @@ EXAMPLES = int(os.environ.get("GFPROBE_DAMAGE_EXAMPLES", "12"))
 EXIT_CODES = {0, 2}
 CHECK_EXIT_CODES = {0, 1, 2}  # 1: a rule fails, which a damaged but readable file may well do
 
-DATASETS = ([f"params/{c}" for c in schema.PARAM_COLUMNS] + ["streams/optimizer", "metrics/names"]
+DATASETS = ([f"params/{c}" for c in schema.PARAM_COLUMNS] + ["streams/optimizer", "streams/attrs", "metrics/names"]
             + [f"steps/{c}" for c in schema.STEP_COLUMNS] + [f"stats/{f}" for f in schema.STAT_FIELDS]
             + [f"metrics/{c}" for c in schema.METRIC_COLUMNS])
 TAIL = [f"{schema.TAIL_GROUP}/{p}" for p in (schema.RECORDS_TAIL_ROW, schema.METRICS_TAIL_ROW, "steps/step",

@@ -266,8 +266,9 @@ def _plain_runs(folder: Path, n: int, attrs: Sequence[Mapping[str, object]] = ()
 def test_bug_report_title_names_the_summary_used(tmp_path: Path, how: str, words: str) -> None:
     paths = _plain_runs(tmp_path, 2)
     table = invoke(["report", *paths, "--summary", how]).stdout
-    assert f"Gradient flow: {words}" in table and ("11 evenly" in table) == (how == "points")
-    assert f"**Gradient flow: {words}**" in invoke(["report", *paths, "--summary", how, "--format", "markdown"]).stdout
+    assert f"Gradient flow (minibatch): {words}" in table and ("11 evenly" in table) == (how == "points")
+    markdown = invoke(["report", *paths, "--summary", how, "--format", "markdown"]).stdout
+    assert f"**Gradient flow (minibatch): {words}**" in markdown
     runs = json.loads(invoke(["report", *paths, "--summary", how, "--format", "json"]).stdout)["runs"]
     assert all(run["summary"]["how"] == how for run in runs)
 
@@ -296,8 +297,8 @@ def test_bug_report_title_says_how_many_steps_were_averaged(tmp_path: Path, coun
     # A run with fewer recorded steps than the 11 points averages all of its steps once.
     paths = _runs_with_steps(tmp_path, counts)
     title = invoke(["report", *paths]).stdout.splitlines()[0]
-    assert title.strip() == f"Gradient flow: {words}"
-    assert f"**Gradient flow: {words}**" in invoke(["report", *paths, "--format", "markdown"]).stdout
+    assert title.strip() == f"Gradient flow (minibatch): {words}"
+    assert f"**Gradient flow (minibatch): {words}**" in invoke(["report", *paths, "--format", "markdown"]).stdout
 
 
 @pytest.mark.parametrize(("runs", "short", "words"), [

@@ -127,6 +127,26 @@ def test_bootstrap_interval_is_scipys_paired_percentile_bootstrap(method: str) -
     assert high == pytest.approx(reference.confidence_interval.high, abs=1e-12)
 
 
+@pytest.mark.parametrize("ties", [False, True], ids=["distinct", "ties"])
+def test_resampled_coefficients_are_scipys_of_each_resample(ties: bool) -> None:
+    """The vectorised statistics (blocks of runs for Kendall's τ, midranks from counts for
+    Spearman's ρ) against scipy on every resample; block sizes from 1 to one block for all."""
+    from gfprobe.analysis import resample
+
+    rng = np.random.default_rng(4)
+    n = 60
+    x = rng.integers(0, 8, n).astype(float) if ties else rng.normal(size=n)
+    y = np.round(x + rng.normal(size=n), 0 if ties else 6)
+    index = rng.integers(0, n, (40, n))
+    kendall = [stats.kendalltau(x[i], y[i]).statistic for i in index]
+    spearman = [stats.spearmanr(x[i], y[i]).statistic for i in index]
+    by_block = [resample.kendall(x, y, block)(index) for block in (1, 3, 7, 20, None)]
+    assert by_block[-1] == pytest.approx(kendall, abs=1e-12)
+    assert all(np.array_equal(tau, by_block[-1]) for tau in by_block)  # exact integers, whatever the blocks
+    assert resample.spearman(x, y)(index) == pytest.approx(spearman, abs=1e-12)
+    assert resample.kendall(x, y)(index.reshape(4, 10, n)).shape == (4, 10)
+
+
 @pytest.mark.parametrize("test", ["welch", "mwu"])
 def test_scsdc_statistics_match_scipy(study: tuple[Path, list[dict[str, object]]], test: str) -> None:
     folder, runs = study

@@ -17,7 +17,7 @@ import logging
 import os
 import time
 import weakref
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from gfprobe.adapters import torch_hooks, torch_remask
+from gfprobe.adapters.torch_measure import MeasurementStream
 from gfprobe.adapters.torch_params import TrackedParam, discover_roots, refresh_masks, track
 from gfprobe.adapters.torch_stats import DEFAULT_KERNEL, CpuStats, DeviceStats, make_stats
 from gfprobe.capture import session
@@ -35,6 +36,8 @@ from gfprobe.capture.recorder import PendingBlock, Recorder
 from gfprobe.errors import ConfigError
 from gfprobe.outpath import check_writable
 from gfprobe.schedule import Schedule, as_schedule
+from gfprobe.store import schema
+from gfprobe.store.writer import stream_attrs_problem
 
 log = logging.getLogger("gfprobe")
 
@@ -89,6 +92,7 @@ class Probe:
         self._error: str | None = None  # why fail() stopped recording
         # Modules that got a mask since the last recorded step (see torch_remask), held weakly.
         self._remask: list[weakref.ref[nn.Module]] = []
+        self._measurements: list[MeasurementStream] = []
 
     # -- lifecycle ----------------------------------------------------------------------------
     def start(self) -> Probe:
@@ -104,6 +108,42 @@ class Probe:
     def path(self) -> Path | None:
         """Where the run is written (None until the first optimizer step)."""
         return self._recorder.path or (self._recorder.requested_path if self._streams else None)
+
+    @property
+    def recording(self) -> bool:
+        """Whether this probe records now (started, not closed, not failed, in its own process)."""
+        return self._active and os.getpid() == self._recorder.pid
+
+    def measurement_stream(self, name: str, params: Iterable[torch.Tensor], attrs: Mapping[str, Any] | None = None,
+                           every: int | Schedule = 1) -> MeasurementStream:
+        """A stream of its own in the run file for gradients no optimizer consumes (e.g. a fixed
+        probe batch's), named ``name``, measuring ``params`` (their names and masks found as for
+        the optimizer's), with stream attributes ``attrs`` (e.g. ``{"protocol": "probe-batch"}``)
+        and a schedule ``every`` over optimizer steps (:meth:`MeasurementStream.due`).
+
+        Raises:
+            ConfigError: an empty or too long name, no parameters, attributes the file cannot hold.
+        """
+        if not isinstance(name, str) or not 0 < len(name.encode()) <= schema.STREAM_COLUMNS["optimizer"].itemsize:
+            raise ConfigError(f"measurement_stream: name {name!r} must be 1 to "
+                              f"{schema.STREAM_COLUMNS['optimizer'].itemsize} bytes of text, e.g. 'probe'")
+        params = list(params)
+        if not params or not all(isinstance(p, torch.Tensor) for p in params):
+            raise ConfigError(f"measurement_stream {name!r}: params must be a non-empty list of tensors, "
+                              "e.g. model.parameters()")
+        problem = stream_attrs_problem(attrs or {})
+        if problem is not None:
+            raise ConfigError(f"measurement_stream {name!r}: {problem}")
+        roots = [self._model] if self._model is not None else discover_roots()
+        stream = MeasurementStream(self, name, track(params, roots, self._masks), attrs or {}, as_schedule(every))
+        self._measurements.append(stream)
+        return stream
+
+    def _may_add_measurements(self, closing: bool) -> bool:
+        """Measurement streams join the file after the optimizer's (which then keeps index 0); a
+        process whose optimizer is never recorded (a DDP rank other than 0) adds them only when it
+        is a whole run of its own."""
+        return bool(self._streams) or (closing and distributed_rank()[1] == 1)
 
     @property
     def failure(self) -> str | None:
@@ -122,6 +162,8 @@ class Probe:
         if os.getpid() == self._recorder.pid:
             for stream in list(self._streams.values()):
                 self._flush(stream)
+            for measurement in self._measurements:
+                measurement.flush(closing=True)
             self._recorder.close("failed" if self._recorder.failed else status)
         atexit.unregister(self.close)
         return self._recorder.path
@@ -293,6 +335,9 @@ class Probe:
         for stream in list(self._streams.values()):
             with contextlib.suppress(Exception):
                 self._flush(stream)
+        for measurement in self._measurements:
+            with contextlib.suppress(Exception):
+                measurement.flush(closing=True)
         self._recorder.close("failed", error=f"{type(exc).__name__}: {exc}")
 
     # -- AMP: steps GradScaler skips never reach optimizer.step -----------------------------

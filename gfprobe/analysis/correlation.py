@@ -3,7 +3,7 @@
 For every measure, the runs are ranked by the measure's summary and by the metric's last value;
 Kendall's τ-b (default) or Spearman's ρ is reported **with its sign**, with its two-sided p-value
 and a percentile bootstrap 95% interval (pairs of values resampled together; the resampled
-coefficients are computed in one vectorised pass, see ``_resampled_kendall``), separately for
+coefficients are computed in one vectorised pass, see ``resample.py``), separately for
 sparse runs, dense runs and all runs (by the ``sparse`` run attribute), and optionally split
 further by other attributes. Pure NumPy/SciPy: no torch, no I/O.
 """
@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
+from gfprobe.analysis import resample, workers
 from gfprobe.analysis.attrs import freeze, group_of
 from gfprobe.analysis.measure_set import measure_names
 from gfprobe.analysis.report import RunSummary
@@ -29,6 +30,9 @@ GROUPS = ("sparse", "dense", "all")
 MIN_RUNS = 3  # fewer pairs than this have no meaningful rank correlation: reported as NaN
 # Fewer runs than this have too few distinct resamples for a bootstrap interval: reported as NaN.
 MIN_INTERVAL_RUNS = 5
+# Resampled runs (resamples × runs, over the table) from which worker processes compute the cells:
+# starting them costs about a second; this much work takes several times that.
+PARALLEL_WORK = 100_000_000
 
 
 @dataclass(frozen=True)
@@ -49,52 +53,6 @@ class Correlation:
 def _coefficient(method: str) -> Callable[[np.ndarray, np.ndarray], Any]:
     fn: Callable[[np.ndarray, np.ndarray], Any] = stats.kendalltau if method == "kendall" else stats.spearmanr
     return fn
-
-
-def _resampled_kendall(x: np.ndarray, y: np.ndarray) -> Callable[[np.ndarray, int], np.ndarray]:
-    """Kendall's τ-b of resamples, given as arrays of indices into (x, y), all at once.
-
-    A resample is described by how often it takes each original pair (its multiplicity vector
-    c). With S[a, b] = sign(x_a − x_b)·sign(y_a − y_b), the concordant-minus-discordant count of
-    the resample is cᵀSc / 2, and its ties in x are (cᵀTₓc − N) / 2 with Tₓ[a, b] = [x_a = x_b]
-    (a pair drawn twice is a tie). So every resample's τ-b is a few matrix products instead of a
-    call of ``kendalltau``: the same number, about a hundred times faster.
-    """
-    concordance = np.sign(x[:, None] - x[None, :]) * np.sign(y[:, None] - y[None, :])
-    ties_x = (x[:, None] == x[None, :]).astype(np.float64)
-    ties_y = (y[:, None] == y[None, :]).astype(np.float64)
-
-    def statistic(index: np.ndarray, axis: int = -1) -> np.ndarray:
-        index = np.moveaxis(np.asarray(index), axis, -1)
-        flat = index.reshape(-1, index.shape[-1])
-        counts = np.zeros((flat.shape[0], len(x)))
-        np.add.at(counts, (np.arange(flat.shape[0])[:, None], flat), 1.0)
-        total = flat.shape[1]
-        pairs = total * (total - 1) / 2
-        s = np.einsum("ia,ia->i", counts @ concordance, counts) / 2
-        tx = (np.einsum("ia,ia->i", counts @ ties_x, counts) - total) / 2
-        ty = (np.einsum("ia,ia->i", counts @ ties_y, counts) - total) / 2
-        with np.errstate(invalid="ignore", divide="ignore"):
-            tau: np.ndarray = s / np.sqrt((pairs - tx) * (pairs - ty))
-        return tau.reshape(index.shape[:-1])
-
-    return statistic
-
-
-def _resampled_spearman(x: np.ndarray, y: np.ndarray) -> Callable[[np.ndarray, int], np.ndarray]:
-    """Spearman's ρ of resamples given as index arrays: ranks (ties averaged) and Pearson per row."""
-
-    def statistic(index: np.ndarray, axis: int = -1) -> np.ndarray:
-        index = np.moveaxis(np.asarray(index), axis, -1)
-        rx = stats.rankdata(x[index], axis=-1)
-        ry = stats.rankdata(y[index], axis=-1)
-        rx -= rx.mean(axis=-1, keepdims=True)
-        ry -= ry.mean(axis=-1, keepdims=True)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            rho: np.ndarray = (rx * ry).sum(-1) / np.sqrt((rx * rx).sum(-1) * (ry * ry).sum(-1))
-        return rho
-
-    return statistic
 
 
 def rank_correlation(x: np.ndarray, y: np.ndarray, method: str = "kendall", resamples: int = 1000,
@@ -123,7 +81,7 @@ def bootstrap_interval(x: np.ndarray, y: np.ndarray, method: str, resamples: int
     """
     if resamples <= 0 or len(x) < MIN_INTERVAL_RUNS:
         return math.nan, math.nan
-    statistic = (_resampled_kendall if method == "kendall" else _resampled_spearman)(x, y)
+    statistic = (resample.kendall if method == "kendall" else resample.spearman)(x, y)
     with warnings.catch_warnings():
         # Only here, where scipy raises it: the NaN it warns about is handled below.
         warnings.simplefilter("ignore", stats.DegenerateDataWarning)
@@ -150,19 +108,21 @@ def correlate(runs: Sequence[RunSummary], metric: str, method: str = "kendall", 
         known = sorted({name for run in runs for name in run.metrics})
         raise ConfigError(f"no run has a metric {metric!r}; the runs have: {', '.join(known) or 'no metrics'}")
     measures = measure_names() if measures is None else measures
-    out = []
+    cells = []  # (group, measure, split, x, y) of every cell of the table
     for split, members in split_runs(runs, by):
         y_all = np.array([run.metrics.get(metric, {}).get("last", math.nan) for run in members])
         groups = np.array([group_of(run.attrs) or "" for run in members])
+        x_all = {measure: np.array([run.measures.get(measure, math.nan) for run in members]) for measure in measures}
         for group in GROUPS:
             rows = np.ones(len(members), dtype=bool) if group == "all" else groups == group
-            for measure in measures:
-                x = np.array([run.measures.get(measure, math.nan) for run in members])[rows]
-                y = y_all[rows]
-                n = int((np.isfinite(x) & np.isfinite(y)).sum())
-                coef, p, ci = rank_correlation(x, y, method, resamples, seed)
-                out.append(Correlation(group, measure, metric, method, n, coef, p, ci, split))
-    return out
+            cells += [(group, measure, split, x_all[measure][rows], y_all[rows]) for measure in measures]
+    # The cells are independent: a large table's bootstrap intervals are computed by worker processes.
+    work = resamples * sum(len(x) for *_, x, _ in cells)
+    results = workers.run_all(rank_correlation, [(x, y, method, resamples, seed) for *_, x, y in cells],
+                              parallel=work >= PARALLEL_WORK)
+    return [Correlation(group, measure, metric, method, int((np.isfinite(x) & np.isfinite(y)).sum()), coef, p, ci,
+                        split)
+            for (group, measure, split, x, y), (coef, p, ci) in zip(cells, results, strict=True)]
 
 
 def split_runs(runs: Sequence[RunSummary], by: Sequence[str]) -> list[tuple[tuple[tuple[str, Any], ...],

@@ -17,7 +17,8 @@ def describe(path: Path) -> dict[str, Any]:
             data = run.stream(index, fields=("has_grad",))
             params = data.params
             streams.append({
-                "index": index, "optimizer": optimizer, "records": int(data.steps.size),
+                "index": index, "optimizer": optimizer, "protocol": data.protocol, "attrs": data.attrs,
+                "records": int(data.steps.size),
                 "skipped": int(data.skipped.sum()),
                 "params": [{"name": n, "shape": list(s), "numel": int(k), "kind": kind, "module_type": mt,
                             "mask_source": ms}

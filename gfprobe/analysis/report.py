@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import multiprocessing
 import os
@@ -13,11 +14,13 @@ from typing import Any
 
 import numpy as np
 
+from gfprobe.analysis import trend
 from gfprobe.analysis.layers import MEASURE_FIELDS, PER_LAYER_FIELDS, weight_layer_stats
 from gfprobe.analysis.measure_set import compute_series
 from gfprobe.errors import RunFileError
 from gfprobe.measures import LayerStats, layer_norms
 from gfprobe.store.reader import Metric, RunFile, StreamData, Unreadable, open_run, read_each
+from gfprobe.store.schema import MINIBATCH
 from gfprobe.summary import DEFAULT_POINTS, summarise
 
 # Metrics where lower is better; every other metric is taken as higher-is-better.
@@ -49,6 +52,11 @@ class RunSummary:
     per_layer: list[LayerSummary] = field(default_factory=list)
     how: str = "points"  # the summary of each per-step series (gfprobe.summary.SUMMARIES)
     points: int = DEFAULT_POINTS  # steps the "points" summary averages
+    stream: int = 0  # the stream of the file summarised (its index)
+    stream_name: str = ""  # the optimizer's class, or a measurement stream's name ("probe")
+    protocol: str = MINIBATCH  # how the stream's gradient was taken (docs/run-file.md, "Streams")
+    stream_attrs: dict[str, Any] = field(default_factory=dict)  # the stream's own attributes
+    n_streams: int = 1  # streams in the file
 
 
 def metric_summary(metric: Metric) -> dict[str, float]:
@@ -61,7 +69,7 @@ def metric_summary(metric: Metric) -> dict[str, float]:
     return {"last": float(values[-1]), "best": float(best)}
 
 
-def summarise_run(run: RunFile, stream_index: int = 0, how: str = "points",
+def summarise_run(run: RunFile, stream_index: int | str = 0, how: str = "points",
                   points: int = DEFAULT_POINTS, per_layer: bool = False) -> RunSummary:
     stream = run.stream(stream_index, fields=PER_LAYER_FIELDS if per_layer else MEASURE_FIELDS)
     stats, cols = weight_layer_stats(stream)
@@ -80,6 +88,11 @@ def summarise_run(run: RunFile, stream_index: int = 0, how: str = "points",
         per_layer=layers,
         how=how,
         points=points,
+        stream=stream.index,
+        stream_name=stream.optimizer,
+        protocol=stream.protocol,
+        stream_attrs=stream.attrs,
+        n_streams=run.n_streams,
     )
 
 
@@ -106,7 +119,7 @@ PARALLEL_FROM = 64  # files: below this, worker processes cost more than they sa
 CHUNK = 16  # files per task handed to a worker process
 
 
-def build_report(paths: Sequence[str | Path], stream_index: int = 0, how: str = "points",
+def build_report(paths: Sequence[str | Path], stream_index: int | str = 0, how: str = "points",
                  points: int = DEFAULT_POINTS, per_layer: bool = False,
                  on_file: Callable[[int], None] | None = None) -> list[RunSummary]:
     """Summaries of every run, in the order given; a RunFileError for the first file that cannot
@@ -117,16 +130,33 @@ def build_report(paths: Sequence[str | Path], stream_index: int = 0, how: str = 
     return summaries
 
 
-def read_report(paths: Sequence[str | Path], stream_index: int = 0, how: str = "points",
+def read_report(paths: Sequence[str | Path], stream_index: int | str = 0, how: str = "points",
                 points: int = DEFAULT_POINTS, per_layer: bool = False,
                 on_file: Callable[[int], None] | None = None) -> tuple[list[RunSummary], list[Unreadable]]:
     """Summaries of every readable run, and every file that could not be read, in the order given.
     Each file is opened once, and only the statistics the summaries need are read. ``on_file(n)``
     is called as files are done (n so far).
 
-    Reading is decompression-bound, and HDF5 serialises threads, so many files are read by worker
-    processes (one per core); the summaries come back small (one per-step series).
+    A run whose folder's study index (``index.py``) holds its summary, for the file as it is now
+    and these options, is not read at all; the others are read, and the indexes brought up to
+    date. Either way ``series["egf_2"]`` is the trend the report draws (``trend.compress``).
+    Per-layer summaries are not indexed: with ``per_layer`` every file is read.
     """
+    if per_layer:
+        return _read_files(paths, stream_index, how, points, per_layer, on_file)
+    from gfprobe.analysis import index  # it imports this module
+
+    def read(files: list[Path], done: Callable[[int], None] | None) -> tuple[list[RunSummary], list[Unreadable]]:
+        return _read_files(files, stream_index, how, points, False, done)
+
+    return index.read_indexed(paths, index.options_key(stream_index, how, points), read, on_file)
+
+
+def _read_files(paths: Sequence[str | Path], stream_index: int | str, how: str, points: int, per_layer: bool,
+                on_file: Callable[[int], None] | None) -> tuple[list[RunSummary], list[Unreadable]]:
+    """Summaries read from the files. Reading is decompression-bound, and HDF5 serialises
+    threads, so many files are read by worker processes (one per core); the summaries come back
+    small."""
     read = functools.partial(_summarise_paths, stream_index=stream_index, how=how, points=points,
                              per_layer=per_layer)
     workers = min(os.cpu_count() or 1, 8)
@@ -149,11 +179,20 @@ def read_report(paths: Sequence[str | Path], stream_index: int = 0, how: str = "
         return _joined([future.result() for future in futures])
 
 
-def _summarise_paths(paths: Sequence[str | Path], stream_index: int, how: str, points: int,
+def summarise_path(path: str | Path, stream_index: int | str = 0, how: str = "points",
+                   points: int = DEFAULT_POINTS, per_layer: bool = False) -> RunSummary:
+    """The report's summary of one run file: :func:`summarise_run` with its ``egf_2`` series cut
+    to the trend the report draws (the rest of it is never shown, and at many thousand steps a
+    run it would be most of what a large report holds). A RunFileError says why it cannot be read."""
+    with open_run(path) as run:
+        summary = summarise_run(run, stream_index, how, points, per_layer)
+    return dataclasses.replace(summary, series=trend.compressed(summary.series))
+
+
+def _summarise_paths(paths: Sequence[str | Path], stream_index: int | str, how: str, points: int,
                      per_layer: bool) -> tuple[list[RunSummary], list[Unreadable]]:
     def summary(path: Path) -> RunSummary:
-        with open_run(path) as run:
-            return summarise_run(run, stream_index, how, points, per_layer)
+        return summarise_path(path, stream_index, how, points, per_layer)
 
     return read_each([Path(p) for p in paths], summary)
 

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from gfprobe.store.reserve import DiskFullError
-from gfprobe.store.writer import ParamInfo, RunWriter, StepBlock
+from gfprobe.store.writer import ParamInfo, RunWriter, StepBlock, stream_attrs_problem
 
 log = logging.getLogger("gfprobe")
 
@@ -95,16 +95,21 @@ class Recorder:
             self._metadata.update(rank=rank, world_size=world, sharded=layout == "sharded")
         return True
 
-    def add_stream(self, optimizer: str, params: Sequence[ParamInfo]) -> int:
-        """Register an optimizer's parameters; ValueError for a row an adapter got wrong (a kind
-        outside ``schema.PARAM_KINDS``, a mask source too long for its column)."""
+    def add_stream(self, optimizer: str, params: Sequence[ParamInfo], attrs: Mapping[str, Any] | None = None) -> int:
+        """Register a stream: an optimizer's parameters (``optimizer`` its class name), or a
+        measurement stream's (``optimizer`` its name, ``attrs`` its protocol). ValueError for what
+        an adapter got wrong (a kind outside ``schema.PARAM_KINDS``, a mask source too long for
+        its column, attributes the stream's column cannot hold)."""
         for param in params:
             problem = param.problem()
             if problem is not None:
                 raise ValueError(problem)
+        problem = stream_attrs_problem(attrs or {})
+        if problem is not None:
+            raise ValueError(problem)
         stream = self._n_streams
         self._n_streams += 1
-        self._put(("stream", optimizer, list(params)))
+        self._put(("stream", optimizer, list(params), dict(attrs or {})))
         return stream
 
     def set_mask_source(self, stream: int, index: int, source: str) -> None:
@@ -164,7 +169,7 @@ class Recorder:
         if kind == "stream":
             if writer is None:
                 writer = self._open()
-            writer.add_stream(item[1], item[2])
+            writer.add_stream(item[1], item[2], item[3])
             writer.append_metrics(early)
             early.clear()
         elif kind == "block" and writer is not None:

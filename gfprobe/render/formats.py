@@ -12,10 +12,11 @@ from typing import Any
 
 import numpy as np
 
+from gfprobe.analysis import trend
 from gfprobe.render.safe import Markdown, markdown, printable
 
 FORMATS = ("table", "json", "csv", "markdown")
-_BARS = "▁▂▃▄▅▆▇█"
+_BARS = "▁▂▃▄▅▆▇█"  # trend.LEVELS glyphs
 
 
 def fmt(value: Any) -> str:
@@ -31,17 +32,9 @@ def fmt(value: Any) -> str:
     return printable(value)
 
 
-def sparkline(values: np.ndarray, width: int = 16) -> str:
-    """A log-scale sparkline: gradient norms span orders of magnitude."""
-    values = np.asarray(values, dtype=np.float64)
-    values = values[np.isfinite(values) & (values > 0)]
-    if values.size == 0:
-        return ""
-    bins = np.array_split(np.log10(values), min(width, values.size))
-    levels = np.array([b.mean() for b in bins])
-    lo, hi = levels.min(), levels.max()
-    scaled = np.zeros_like(levels) if hi - lo < 1e-12 else (levels - lo) / (hi - lo)
-    return "".join(_BARS[round(s * (len(_BARS) - 1))] for s in scaled)
+def sparkline(values: np.ndarray, width: int = trend.WIDTH) -> str:
+    """A log-scale sparkline: gradient norms span orders of magnitude (see analysis.trend)."""
+    return "".join(_BARS[h] for h in trend.heights(values, width, len(_BARS)))
 
 
 def order_key(value: Any) -> tuple[int, Any, str]:

@@ -9,6 +9,7 @@ from rich.table import Table
 
 from gfprobe.render.formats import fmt, to_json
 from gfprobe.render.safe import text
+from gfprobe.store.schema import MINIBATCH
 
 
 def render_json(info: dict[str, Any]) -> str:
@@ -34,7 +35,9 @@ def render_table(console: Console, info: dict[str, Any]) -> None:
 
 
 def _stream_table(stream: dict[str, Any]) -> Table:
-    table = Table(title=text(f"stream {stream['index']}: {stream['optimizer']}, {stream['records']} recorded "
+    # An optimizer's minibatch gradient is what a stream is unless it says otherwise: only others are named.
+    protocol = "" if stream["protocol"] == MINIBATCH else f" ({stream['protocol']})"
+    table = Table(title=text(f"stream {stream['index']}: {stream['optimizer']}{protocol}, {stream['records']} recorded "
                              f"steps ({stream['skipped']} AMP-skipped)", "table.title"), title_justify="left")
     for column in ("parameter", "shape", "numel", "kind", "module", "mask"):
         table.add_column(column, justify="right" if column == "numel" else "left")

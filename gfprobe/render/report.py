@@ -31,15 +31,23 @@ def _measure_names(runs: Sequence[RunSummary]) -> list[str]:
     return list(dict.fromkeys([*MEASURES, *(name for run in runs for name in run.measures)]))
 
 
-def _header(runs: Sequence[RunSummary]) -> list[str]:
+def _header(runs: Sequence[RunSummary], stream: bool = False) -> list[str]:
+    """The columns of a run's row; ``stream``: with the stream's name and protocol (CSV, whose
+    rows are read apart from any title)."""
     metrics = [f"{m}_{k}" for m in _metric_names(runs) for k in ("last", "best")]
-    return ["path", "steps", "layers", *_measure_names(runs), *metrics]
+    return ["path", *(("stream", "protocol") if stream else ()), "steps", "layers", *_measure_names(runs), *metrics]
 
 
-def _row(run: RunSummary, measure_names: list[str], metric_names: list[str]) -> list[Any]:
+def _row(run: RunSummary, measure_names: list[str], metric_names: list[str], stream: bool = False) -> list[Any]:
     metric_cells = [run.metrics.get(m, {}).get(k, float("nan")) for m in metric_names for k in ("last", "best")]
     measure_cells = [run.measures.get(m, float("nan")) for m in measure_names]
-    return [run.path, run.steps, run.layers, *measure_cells, *metric_cells]
+    streams = (run.stream_name, run.protocol) if stream else ()
+    return [run.path, *streams, run.steps, run.layers, *measure_cells, *metric_cells]
+
+
+def protocols_of(runs: Sequence[RunSummary]) -> str:
+    """Which gradient the runs' measures come from: ``minibatch``, ``probe-batch`` (SCIENCE.md §2)."""
+    return ", ".join(sorted({run.protocol for run in runs})) or "minibatch"
 
 
 def run_json(run: RunSummary) -> dict[str, Any]:
@@ -48,6 +56,7 @@ def run_json(run: RunSummary) -> dict[str, Any]:
         "path": run.path, "steps": run.steps, "layers": run.layers, "measures": run.measures,
         "metrics": run.metrics, "attrs": run.attrs, "skipped": run.skipped, "status": run.status,
         "summary": {"how": run.how, **({"points": run.points} if run.how == "points" else {})},
+        "stream": {"index": run.stream, "name": run.stream_name, "protocol": run.protocol, "attrs": run.stream_attrs},
         **({"per_layer": [_layer_json(layer) for layer in run.per_layer]} if run.per_layer else {}),
     }
 
@@ -59,12 +68,12 @@ def _layer_json(layer: LayerSummary) -> dict[str, Any]:
 
 def render_csv(runs: Sequence[RunSummary]) -> str:
     measures, metrics = _measure_names(runs), _metric_names(runs)
-    return to_csv(_header(runs), [_row(run, measures, metrics) for run in runs])
+    return to_csv(_header(runs, stream=True), [_row(run, measures, metrics, stream=True) for run in runs])
 
 
 def render_markdown(runs: Sequence[RunSummary], per_layer: bool = False) -> str:
     measures, metrics = _measure_names(runs), _metric_names(runs)
-    out = f"**Gradient flow: {markdown(summary_of(runs))}**\n\n"
+    out = f"**Gradient flow ({markdown(protocols_of(runs))}): {markdown(summary_of(runs))}**\n\n"
     out += to_markdown(_header(runs), [_row(run, measures, metrics) for run in runs])
     if per_layer:
         for run in runs:
@@ -115,7 +124,8 @@ def render_table(console: Console, runs: Sequence[RunSummary], per_layer: bool =
     labels = [label + ("" if run.status == "complete" else f" ({run.status})")
               for label, run in zip(labels, runs, strict=True)]
     runs_note = f" (runs {prefix}*)" if prefix else ""
-    _print(console, f"Gradient flow: {summary_of(runs)}{runs_note}", labels, _measure_columns(runs))
+    _print(console, f"Gradient flow ({protocols_of(runs)}): {summary_of(runs)}{runs_note}", labels,
+           _measure_columns(runs))
     _print(console, "egf_2 over training (log scale) and metrics (last / best)", labels, _trend_columns(runs))
     if per_layer:
         for label, run in zip(labels, runs, strict=True):

@@ -16,6 +16,11 @@ from gfprobe.store.reader import Unreadable
 
 def render_json(sections: Sections, unreadable: Sequence[Unreadable] = ()) -> str:
     """One JSON document: the sections asked for, and the files that could not be read."""
+    return to_json({**json_payload(sections), **unreadable_json(unreadable)})
+
+
+def json_payload(sections: Sections) -> dict[str, Any]:
+    """The sections asked for, as JSON data."""
     payload: dict[str, Any] = {}
     if sections.runs is not None:
         payload["runs"] = [report.run_json(run) for run in sections.runs]
@@ -24,9 +29,12 @@ def render_json(sections: Sections, unreadable: Sequence[Unreadable] = ()) -> st
     if sections.scsdc is not None:
         payload["scsdc"] = [scsdc.comparison_json(c) for c in sections.scsdc]
         payload["pivots"] = scsdc.pivots_json(sections.pivots)
-    if unreadable:
-        payload["unreadable"] = [item.to_json() for item in unreadable]
-    return to_json(payload)
+    return payload
+
+
+def unreadable_json(unreadable: Sequence[Unreadable]) -> dict[str, Any]:
+    """The files that could not be read; nothing when every file was."""
+    return {"unreadable": [item.to_json() for item in unreadable]} if unreadable else {}
 
 
 def render_table(console: Console, sections: Sections, request: Request, per_layer: bool = False) -> None:

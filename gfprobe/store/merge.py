@@ -68,7 +68,7 @@ def merge(paths: Sequence[Path], out: Path) -> MergeResult:
     result = MergeResult(writer.path, len(runs))  # out itself, unless it appeared since the check above
     try:
         for index, streams in enumerate(zip(*(r["streams"] for r in runs), strict=True)):
-            writer.add_stream(streams[0].optimizer, _param_infos(streams[0].params))
+            writer.add_stream(streams[0].optimizer, _param_infos(streams[0].params), streams[0].attrs)
             block, dropped = _merge_stream(index, streams)
             writer.append_steps(block)
             result.steps.append(len(block.steps))

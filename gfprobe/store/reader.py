@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import dataclasses
 import functools
 import os
 import stat
@@ -24,7 +25,7 @@ import numpy as np
 
 from gfprobe.errors import RunFileError
 from gfprobe.store import schema
-from gfprobe.store.validate import Layout, Problem, short_error, validate
+from gfprobe.store.validate import Layout, Problem, plain_attr, short_error, validate
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -55,15 +56,28 @@ class ParamTable:
 
 @dataclass(frozen=True)
 class StreamData:
-    """The records of one optimizer (stream): step index, time, skipped flag, and statistics."""
+    """The records of one stream (an optimizer's, or a measurement stream's): step index, time,
+    skipped flag, statistics, and the stream's own attributes."""
 
     index: int
-    optimizer: str
+    optimizer: str  # the stream's name: the optimizer's class, or the measurement stream's name
     params: ParamTable
     steps: np.ndarray
     times: np.ndarray
     skipped: np.ndarray
     stats: dict[str, np.ndarray]  # field -> [records, params]
+    attrs: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    @property
+    def protocol(self) -> str:
+        """How the stream's gradient was taken: ``minibatch`` (an optimizer's) or ``probe-batch``."""
+        return stream_protocol(self.attrs)
+
+
+def stream_protocol(attrs: dict[str, Any]) -> str:
+    """A stream's protocol from its attributes; a stream without one (every file written before
+    streams had attributes) is an optimizer's minibatch gradient."""
+    return str(attrs.get(schema.PROTOCOL, schema.MINIBATCH))
 
 
 @dataclass(frozen=True)
@@ -161,6 +175,34 @@ class RunFile:
     def stream_names(self) -> list[str]:
         return _text(self._f["streams"]["optimizer"][:])
 
+    @_reading("stream attributes")
+    def stream_attrs(self, index: int) -> dict[str, Any]:
+        """Stream ``index``'s own attributes (``protocol``, ...); none in files that predate them."""
+        column = self._f["streams"].get(schema.STREAM_ATTRS)
+        if column is None or index >= column.shape[0]:
+            return {}
+        value = plain_attr(column[index])
+        if value == "":
+            return {}
+        if not isinstance(value, dict):
+            raise ValueError(f"the attributes of stream {index} are not a JSON object")
+        return value
+
+    def stream_index(self, key: int | str) -> int:
+        """The index of the stream ``key`` names: an index (``1`` or ``"1"``) or a stream's name
+        (``"probe"``, ``"Adam"``), which must be unique in the file."""
+        if isinstance(key, int) or key.isdecimal():
+            return int(key)
+        names = self.stream_names()
+        found = [i for i, name in enumerate(names) if name == key]
+        listed = ", ".join(f"{i} {name}" for i, name in enumerate(names)) or "none"
+        if not found:
+            raise RunFileError(f"{self.path}: has no stream named {key!r}; its streams: {listed}")
+        if len(found) > 1:
+            raise RunFileError(f"{self.path}: {len(found)} streams are named {key!r}; pass one's index "
+                               f"(its streams: {listed})")
+        return found[0]
+
     def _stream_columns(self, stream: int) -> np.ndarray:
         return np.flatnonzero(self._layout.owners == stream)
 
@@ -182,8 +224,10 @@ class RunFile:
         )
 
     @_reading("statistics")
-    def stream(self, index: int = 0, fields: tuple[str, ...] = schema.STAT_FIELDS) -> StreamData:
-        """Read one stream; only the statistics named in ``fields`` are read from disk."""
+    def stream(self, key: int | str = 0, fields: tuple[str, ...] = schema.STAT_FIELDS) -> StreamData:
+        """Read one stream, by index or name (:meth:`stream_index`); only the statistics named in
+        ``fields`` are read from disk."""
+        index = self.stream_index(key)
         if not 0 <= index < max(self.n_streams, 1):
             raise RunFileError(
                 f"{self.path}: has no optimizer stream {index}; it has {self.n_streams} "
@@ -216,6 +260,7 @@ class RunFile:
             times=column("steps/time")[rows],
             skipped=column("steps/skipped")[rows].astype(bool),
             stats=stats,
+            attrs=self.stream_attrs(index),
         )
 
     @_reading("metrics")

@@ -38,6 +38,14 @@ PARAM_COLUMNS: dict[str, np.dtype[np.generic]] = {
     "mask_source": np.dtype(f"S{MASK_SOURCE_BYTES}"),
 }
 STREAM_COLUMNS: dict[str, np.dtype[np.generic]] = {"optimizer": np.dtype("S64")}
+# A stream's own attributes, one JSON object per stream. Optional: files written before it existed
+# lack the column, and a stream without attributes is an optimizer's minibatch gradient.
+STREAM_ATTRS = "attrs"
+STREAM_ATTRS_DTYPE = np.dtype("S1024")
+# How a stream's gradient was taken (its "protocol" attribute; docs/run-file.md, "Streams").
+PROTOCOL = "protocol"
+MINIBATCH = "minibatch"  # the gradient an optimizer step consumed: every optimizer's stream
+PROBE_BATCH = "probe-batch"  # a fixed held-out batch's gradient, taken for measurement only
 STEP_COLUMNS: dict[str, np.dtype[np.generic]] = {
     "stream": np.dtype("i2"),
     "step": np.dtype("i8"),

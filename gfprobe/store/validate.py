@@ -73,6 +73,7 @@ def validate(f: h5py.File) -> Layout:
     n_params = _agree([_column(groups["params"], name, dtype) for name, dtype in schema.PARAM_COLUMNS.items()],
                       "the parameter columns", live)
     n_streams = _column(groups["streams"], "optimizer", schema.STREAM_COLUMNS["optimizer"]).shape[0]
+    _stream_attrs(groups["streams"], n_streams, live)
     widths = _records(groups, live)
     _agree([_column(groups["metrics"], name, dtype) for name, dtype in schema.METRIC_COLUMNS.items()],
            "the metric columns", live)
@@ -114,6 +115,16 @@ def _check_header(metadata: Mapping[str, Any]) -> None:
     if metadata.get("sharded") and not 0 <= metadata.get("rank", -1) < metadata.get("world_size", 0):
         raise Problem(f"damaged run file: a rank file with rank {_show(metadata.get('rank'))} of world size "
                       f"{_show(metadata.get('world_size'))}")
+
+
+def _stream_attrs(streams: h5py.Group, n_streams: int, live: bool) -> None:
+    """The streams' own attributes: optional (older files have none), else one row per stream
+    (a live file's may be seen a row ahead of or behind its names)."""
+    if _get(streams, schema.STREAM_ATTRS, f"streams/{schema.STREAM_ATTRS}") is None:
+        return
+    rows = _column(streams, schema.STREAM_ATTRS, schema.STREAM_ATTRS_DTYPE).shape[0]
+    if rows != n_streams and not live:
+        raise Problem(f"damaged run file: streams/{schema.STREAM_ATTRS} has {rows} rows for {n_streams} streams")
 
 
 def _records(groups: Mapping[str, h5py.Group], live: bool) -> list[int]:

@@ -88,6 +88,26 @@ def attr_value(value: Any) -> Any:
     return json.dumps(value, default=str)
 
 
+def stream_attrs_text(attrs: Mapping[str, Any]) -> str:
+    """A stream's attributes as the file holds them: one JSON object ("" for none)."""
+    return json.dumps(dict(attrs), sort_keys=True, allow_nan=False) if attrs else ""
+
+
+def stream_attrs_problem(attrs: Mapping[str, Any]) -> str | None:
+    """Why ``attrs`` cannot be a stream's attributes, if they cannot: names are text, values
+    JSON (without NaN), and all of it fits the column."""
+    if any(not isinstance(key, str) or not key for key in attrs):
+        return f"stream attribute names must be non-empty strings, got {sorted(map(repr, attrs))}"
+    try:
+        size = len(stream_attrs_text(attrs).encode("utf-8"))
+    except (TypeError, ValueError) as exc:
+        return f"stream attributes must be JSON numbers, strings, lists or objects ({exc})"
+    limit = schema.STREAM_ATTRS_DTYPE.itemsize
+    if size > limit:
+        return f"stream attributes take {size} bytes as JSON, more than the {limit} a stream has"
+    return None
+
+
 def _text_size(attrs: Mapping[str, Any]) -> int:
     """About the bytes ``attrs`` take as text (str(), which, unlike JSON, any value has)."""
     return sum(len(str(key)) + len(str(value)) for key, value in attrs.items())
@@ -162,7 +182,8 @@ class RunWriter:
 
     def _create_layout(self) -> None:
         f = self._file
-        for group, columns in (("params", schema.PARAM_COLUMNS), ("streams", schema.STREAM_COLUMNS)):
+        stream_columns = {**schema.STREAM_COLUMNS, schema.STREAM_ATTRS: schema.STREAM_ATTRS_DTYPE}
+        for group, columns in (("params", schema.PARAM_COLUMNS), ("streams", stream_columns)):
             g = f.create_group(group)
             for name, dtype in columns.items():
                 g.create_dataset(
@@ -176,12 +197,15 @@ class RunWriter:
         )
 
     # -- growth -------------------------------------------------------------------------------
-    def add_stream(self, optimizer: str, params: Sequence[ParamInfo]) -> int:
-        """Register an optimizer's parameters as new columns; returns the stream index."""
+    def add_stream(self, optimizer: str, params: Sequence[ParamInfo], attrs: Mapping[str, Any] | None = None) -> int:
+        """Register a stream's parameters as new columns; returns the stream index. ``optimizer``
+        names it (an optimizer's class, or a measurement stream's name); ``attrs`` are its own
+        attributes (``stream_attrs_problem`` must have passed them)."""
         stream = len(self._stream_cols)
         first, last = self._n_params, self._n_params + len(params)
-        self._space.ensure(_PARAM_ROW_BYTES * len(params))
+        self._space.ensure(_PARAM_ROW_BYTES * len(params) + schema.STREAM_ATTRS_DTYPE.itemsize)
         _append(self._file["streams"]["optimizer"], [_encode(optimizer, schema.STREAM_COLUMNS["optimizer"])])
+        _append(self._file["streams"][schema.STREAM_ATTRS], [stream_attrs_text(attrs or {}).encode("utf-8")])
         columns = {
             "name": [_encode(p.name, schema.PARAM_COLUMNS["name"]) for p in params],
             "shape": [_encode("x".join(map(str, p.shape)), schema.PARAM_COLUMNS["shape"]) for p in params],
