@@ -235,3 +235,42 @@ def test_presets_list_their_sizes() -> None:
     assert code == 0
     sizes = {p["name"]: p["runs"] for p in json.loads(output)["presets"]}
     assert sizes == {"quick": 72, "paper-mlp": 48600, "paper-cnn": 16200}
+
+
+def test_a_finished_run_trained_with_other_settings_stops_the_study(tmp_path: Path) -> None:
+    out, config = tmp_path / "out", write_config(tmp_path)
+    assert run_cli("run", "--config", str(config), "--out", str(out), "--no-report")[0] == 0
+    config.write_text(config.read_text().replace("epochs = 2", "epochs = 3"))
+    stamps = {p: p.stat().st_mtime_ns for p in runs_in(out)}
+    code, output = run_cli("run", "--config", str(config), "--out", str(out), "--no-report")
+    assert code == 2
+    assert "was trained with other settings (epochs = 2 -> 3); use another --out, or delete the file" in output
+    assert {p: p.stat().st_mtime_ns for p in runs_in(out)} == stamps  # nothing trained, nothing deleted
+
+
+def test_a_folder_in_a_run_files_place_is_one_line(tmp_path: Path) -> None:
+    out, config = tmp_path / "out", write_config(tmp_path)
+    blocker = out / "runs" / "mnist1d-mlp2-w32-d0.25-sparse-adam-lr0.001-NR-relu-s0.h5"
+    (blocker / "inside").mkdir(parents=True)
+    code, output = run_cli("run", "--config", str(config), "--out", str(out), "--no-report")
+    assert code == 2 and output.count("\n") == 1, output
+    assert f"cannot remove the unfinished run file {blocker}" in output and "remove it yourself" in output
+
+
+def test_a_study_indexes_its_runs_as_they_finish_and_resumes_from_the_index(tmp_path: Path) -> None:
+    from gfprobe.analysis.index import StudyIndex, file_key, options_key
+    from gfprobe.study.work import finished_attrs
+
+    out, config = tmp_path / "out", write_config(tmp_path, seed="[0, 1]")
+    assert run_cli("run", "--config", str(config), "--out", str(out), "--no-report")[0] == 0
+    index = StudyIndex.open(out / "runs")
+    files = runs_in(out)
+    assert len(index) == 4
+    for path in files:  # every entry made in the worker is the file as it is now
+        summary = index.get(path, options_key(), file_key(path))
+        assert summary is not None and summary.status == "complete"
+        assert finished_attrs(path, index) == finished_attrs(path) == summary.attrs
+    report = CliRunner().invoke(main, ["report", str(out / "runs"), "--format", "json"])
+    (out / "runs" / ".gfprobe-index.jsonl").unlink()
+    unindexed = CliRunner().invoke(main, ["report", str(out / "runs"), "--format", "json"])
+    assert report.exit_code == 0 and json.loads(report.output) == json.loads(unindexed.output)

@@ -16,6 +16,7 @@ from gfprobe.render import plan as render_plan
 from gfprobe.render.safe import printable
 from gfprobe.study import names, runner
 from gfprobe.study.config import MAX_HIDDEN_LAYERS, MAX_SPARSE_WIDTH, RunSpec, Study, check_density, load_study
+from gfprobe.study.executors import EXECUTORS
 from gfprobe.study.presets import PRESETS, load_preset
 
 
@@ -77,25 +78,41 @@ def presets(output_format: str) -> None:
 @click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), help="A study TOML file.")
 @click.option("--out", type=click.Path(file_okay=False), required=True,  # a str: '' must not become '.'
               help="Folder for the study: run files go to OUT/runs/.")
-@click.option("--jobs", type=click.IntRange(min=1), default=1, show_default=True, help="Runs trained in parallel.")
+@click.option("--jobs", type=click.IntRange(min=1),
+              help="Runs trained at once on this machine [default: 1]; with --executor ray, the most runs handed "
+                   "to the cluster at once [default: twice what it can run].")
+@click.option("--executor", type=click.Choice(EXECUTORS), default="local", show_default=True,
+              help="Where runs train: worker processes here, or Ray tasks on a local Ray instance or a cluster.")
+@click.option("--address", help="The Ray cluster to use, e.g. auto or HOST:6379 (with --executor ray); "
+                                "without it, a local Ray instance is started.")
+@click.option("--cpus-per-run", type=click.IntRange(min=1),
+              help="CPU cores (torch threads) per run [default: local: cores/jobs; ray: 1].")
+@click.option("--gpus-per-run", type=float,
+              help="Share of a GPU per run with --device cuda, in (0, 1]: 0.5 puts two runs on each GPU [default: 1].")
+@click.option("--collect", is_flag=True,
+              help="Workers write each run file to their own disk and send it back here (Ray nodes without "
+                   "shared storage).")
 @click.option("--data-root", type=click.Path(file_okay=False, path_type=Path),
               help="Folder holding Fashion-MNIST / CIFAR files in torchvision's layout.")
 @click.option("--download", is_flag=True, help="Download missing torchvision data sets (needs a network).")
 @click.option("--device", default="cpu", show_default=True, help="Torch device to train on, e.g. cuda.")
 @click.option("--report/--no-report", default=True, show_default=True, help="Print the report of the study's runs.")
 @handle_errors
-def run(preset: str | None, config_path: Path | None, out: str | Path, jobs: int, data_root: Path | None,
-        download: bool, device: str, report: bool) -> None:
+def run(preset: str | None, config_path: Path | None, out: str | Path, jobs: int | None, executor: str,
+        address: str | None, cpus_per_run: int | None, gpus_per_run: float | None, collect: bool,
+        data_root: Path | None, download: bool, device: str, report: bool) -> None:
     """Train every run of a study not yet done under OUT, then report. Rerunning the same
     command skips finished runs and redoes unfinished ones."""
     study = _study(preset, config_path)
     check_writable_folder(out, "--out")
     out = Path(out)
-    options = runner.RunOptions(data_root=data_root, download=download, jobs=jobs, device=device)
+    options = runner.RunOptions(data_root=data_root, download=download, jobs=jobs, device=device, executor=executor,
+                                address=address, cpus_per_run=cpus_per_run, gpus_per_run=gpus_per_run,
+                                collect=collect)
     runner.check_study(study, options)
     outcome = _run_with_progress(study, out, options)
     if report and outcome.files:
-        _report(outcome.files, out)
+        _report(outcome.files, out, study)
     click.echo(f"{len(outcome.files)} of {len(study)} runs done ({len(outcome.trained)} trained now); "
                f"run files: {out / runner.RUNS_DIR}/", err=True)
     if outcome.failed:
@@ -105,16 +122,30 @@ def run(preset: str | None, config_path: Path | None, out: str | Path, jobs: int
                         exit_code=1)
 
 
-def _report(files: list[Path], out: Path) -> None:
-    """The study's SC-SDC and correlation tables, and its figures next to the runs."""
+def _report(files: list[Path], out: Path, study: Study) -> None:
+    """The study's SC-SDC and correlation tables, and its figures next to the runs; with the
+    probe-batch protocol, the tables of each protocol, each headed by it."""
     from gfprobe.analysis.report import build_report
     from gfprobe.analysis.sections import STUDY, analyse
+    from gfprobe.analysis.streams import read_streams
+    from gfprobe.errors import RunFileError
     from gfprobe.render import plots
     from gfprobe.render.sections import render_study
 
-    summaries = build_report(files)
-    sections = analyse(summaries, STUDY)
-    render_study(console(), sections)
+    if any(spec.probe_every for spec in study.runs):
+        blocks, unreadable = read_streams(files, ["0", "probe"])
+        if unreadable:
+            raise RunFileError(str(unreadable[0]))
+        for block in blocks:
+            console().print(printable(block.label), markup=False, highlight=False)
+            render_study(console(), analyse(block.runs, STUDY))
+            console().print()
+        summaries = blocks[0].runs
+        sections = analyse(summaries, STUDY)  # the figures are the minibatch protocol's
+    else:
+        summaries = build_report(files)
+        sections = analyse(summaries, STUDY)
+        render_study(console(), sections)
     try:
         figures = [plots.plot_scsdc(sections.scsdc or [], out / "plots" / "scsdc.png"),
                    plots.plot_scatter(summaries, out / "plots" / "scatter.png")]

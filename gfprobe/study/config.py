@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from gfprobe.errors import ConfigError, did_you_mean, short
-from gfprobe.study import names
+from gfprobe.study import names, sizes
 from gfprobe.tomlfile import read_toml
 
 # Settings: one value per run, shared unless a grid overrides them.
@@ -46,6 +46,13 @@ SETTINGS: dict[str, Any] = {
     "record_every": 1,  # gfprobe records every N-th optimizer step
     "weight_decay": 5e-4,  # the L2 strength, used when the regularisation includes L2
     "init": "dense",
+    # The data (gfprobe.study.sizes): None is the data set's own, and TOML cannot write None.
+    "samples": None,  # examples generated (mnist1d) or used (digits), train and test together
+    "test_fraction": None,  # the test split's share of them
+    # The probe-batch protocol (Evci et al. 2020): the gradient of probe_batch training examples,
+    # held out of training, every probe_every optimizer steps, recorded as a stream of its own.
+    "probe_every": 0,  # 0: no probe stream
+    "probe_batch": 0,  # 0: nothing held out
 }
 # Axes: a value or a list per grid; the grid is their cross product.
 AXES: dict[str, Any] = {
@@ -64,9 +71,11 @@ CHOICES: dict[str, Sequence[str]] = {
     "dataset": tuple(names.DATASETS), "arch": names.ARCHS, "optimizer": names.OPTIMIZERS,
     "regularisation": names.REGULARISATIONS, "activation": names.ACTIVATIONS, "init": names.INITS,
 }
-INTEGERS = ("hidden_layers", "sparse_width", "seed", "epochs", "batch_size", "eval_every", "record_every")
-POSITIVE = ("hidden_layers", "sparse_width", "epochs", "batch_size", "eval_every", "record_every", "lr")
-NUMBERS = ("lr", "density", "weight_decay")
+INTEGERS = ("hidden_layers", "sparse_width", "seed", "epochs", "batch_size", "eval_every", "record_every", "samples",
+            "probe_every", "probe_batch")
+POSITIVE = ("hidden_layers", "sparse_width", "epochs", "batch_size", "eval_every", "record_every", "lr", "samples")
+NUMBERS = ("lr", "density", "weight_decay", "test_fraction")
+NON_NEGATIVE = ("weight_decay", "probe_every", "probe_batch")
 # Bounds that keep planning finite: a plan has one row per layer, and widths enter float arithmetic.
 MAX_HIDDEN_LAYERS = 1000
 MAX_SPARSE_WIDTH = 1_000_000
@@ -98,15 +107,33 @@ class RunSpec:
     record_every: int
     weight_decay: float
     init: str
+    # None for the data sets of fixed files; set for the others, to their own values by default.
+    samples: int | None = None
+    test_fraction: float | None = None
+    probe_every: int = 0
+    probe_batch: int = 0
     study: str = "study"
 
     @property
     def run_id(self) -> str:
-        """A file-name-safe id that differs between any two runs of a study."""
+        """A file-name-safe id that differs between any two runs of a study.
+
+        The data and probe settings appear only when they are not the defaults, so the runs of
+        studies that never set them keep their ids (and their files count as done), while runs on
+        other data, or recorded with a probe stream, never take an earlier run's file.
+        """
         arch = f"mlp{self.hidden_layers}" if self.arch == "mlp" else self.arch
         kind = "sparse" if self.sparse else "dense"
-        return (f"{self.dataset}-{arch}-w{self.sparse_width}-d{self.density:g}-{kind}-{self.optimizer}"
-                f"-lr{self.lr:g}-{self.regularisation}-{self.activation}-s{self.seed}")
+        size = sizes.SIZES.get(self.dataset)
+        data = ""
+        if size is not None and self.samples != size.default:
+            data += f"-n{self.samples}"
+        if size is not None and self.test_fraction != size.test_fraction:
+            data += f"-t{self.test_fraction:g}"
+        probe = (f"-probe{self.probe_batch}" if self.probe_batch else "") + (
+            f"-every{self.probe_every}" if self.probe_every else "")
+        return (f"{self.dataset}{data}-{arch}-w{self.sparse_width}-d{self.density:g}-{kind}-{self.optimizer}"
+                f"-lr{self.lr:g}-{self.regularisation}-{self.activation}-s{self.seed}{probe}")
 
     @property
     def regularisers(self) -> frozenset[str]:
@@ -162,10 +189,15 @@ def _expand(where: str, study: str, values: Mapping[str, Any]) -> Iterator[RunSp
     settings = {key: values[key] for key in SETTINGS}
     for key, options in {**axes, **{k: [v] for k, v in settings.items()}}.items():
         for value in options:
-            _check_value(where, key, value)
+            if value is not None:  # only a default is None: TOML has no null
+                _check_value(where, key, value)
+    if settings["probe_every"] and not settings["probe_batch"]:
+        raise ConfigError(f"{where}: probe_every = {settings['probe_every']} measures the gradient of a held-out "
+                          "probe batch: give its size too, e.g. probe_batch = 500")
     for combo in itertools.product(*axes.values()):
         point = dict(zip(axes, combo, strict=True))
-        base = RunSpec(sparse=False, study=study, **point, **settings)
+        data = _data_settings(where, point, settings)
+        base = RunSpec(sparse=False, study=study, **point, **{**settings, **data})
         base = replace(base, lr=float(base.lr), density=float(base.density),
                        weight_decay=float(base.weight_decay))
         yield base
@@ -184,6 +216,46 @@ def _axes(where: str, values: Mapping[str, Any]) -> dict[str, list[Any]]:
         raise ConfigError(f"{where}: its lists make {size:,} combinations, more than {MAX_RUNS:,}; "
                           "shorten them or split the study")
     return axes
+
+
+def _data_settings(where: str, point: Mapping[str, Any], settings: Mapping[str, Any]) -> dict[str, Any]:
+    """``samples`` and ``test_fraction`` for one run's data set, its own where the study leaves
+    them out, checked against what the data set has; None for data sets of fixed files."""
+    dataset = point["dataset"]
+    size = sizes.SIZES.get(dataset)
+    if size is None:
+        for key in ("samples", "test_fraction"):
+            if settings[key] is not None:
+                raise ConfigError(f"{where}: {key} = {settings[key]!r} does not apply to {dataset}, whose train "
+                                  f"and test files are fixed; set it in a grid of {' or '.join(sizes.SIZES)} runs")
+        return {"samples": None, "test_fraction": None}
+    samples = size.default if settings["samples"] is None else settings["samples"]
+    fraction = size.test_fraction if settings["test_fraction"] is None else float(settings["test_fraction"])
+    if samples > size.most:
+        raise ConfigError(f"{where}: samples = {samples:,} is more than {dataset} offers ({size.most:,}); "
+                          f"use at most {size.most:,}")
+    if samples % size.multiple:
+        raise ConfigError(f"{where}: samples = {samples:,} for {dataset} must be a multiple of {size.multiple}: its "
+                          f"generator makes samples / {size.multiple} examples of each class")
+    n_train, n_test = sizes.split_sizes(samples, fraction)
+    if min(n_train, n_test) < size.least_per_split:
+        raise ConfigError(f"{where}: samples = {samples:,} with test_fraction = {fraction:g} leaves {n_train} training "
+                          f"and {n_test} test examples; {dataset} needs at least {size.least_per_split} in each")
+    _check_training_size(where, point, settings, n_train)
+    return {"samples": samples, "test_fraction": fraction}
+
+
+def _check_training_size(where: str, point: Mapping[str, Any], settings: Mapping[str, Any], n_train: int) -> None:
+    """What is left to train on once the probe batch is held out: at least one example, and no
+    last batch of a single example in an MLP with BatchNorm (which cannot normalise one value)."""
+    probe, batch = settings["probe_batch"], settings["batch_size"]
+    if probe >= n_train:
+        raise ConfigError(f"{where}: probe_batch = {probe:,} holds out all {n_train:,} training examples of "
+                          f"{point['dataset']}; use fewer, e.g. probe_batch = {max(2, n_train // 10)}")
+    left = n_train - probe
+    if point["arch"] == "mlp" and "BN" in names.regularisers(point["regularisation"]) and left % batch == 1:
+        raise ConfigError(f"{where}: {left:,} training examples in batches of {batch} leave a last batch of one "
+                          "example, which BatchNorm cannot normalise; change batch_size, samples or probe_batch")
 
 
 def _as_list(value: Any) -> list[Any]:
@@ -213,8 +285,14 @@ def _check_value(where: str, key: str, value: Any) -> None:
         raise ConfigError(f"{where}: {key} = {value!r} must be greater than 0")
     if key == "density":
         check_density(value, f"{where}: density")
-    if key == "weight_decay" and value < 0:
-        raise ConfigError(f"{where}: weight_decay = {value!r} must not be negative")
+    if key in NON_NEGATIVE and value < 0:
+        raise ConfigError(f"{where}: {key} = {value!r} must not be negative")
+    if key == "test_fraction" and not 0 < value < 1:
+        raise ConfigError(f"{where}: test_fraction = {value!r} is outside (0, 1); it is the test split's share of "
+                          "the examples, e.g. 0.2")
+    if key == "probe_batch" and value == 1:
+        raise ConfigError(f"{where}: probe_batch = 1 is too small: the probe pass runs in training mode, where "
+                          "BatchNorm needs at least 2 examples; use 0 (no probe) or at least 2")
 
 
 def _check_integer(where: str, key: str, value: Any) -> None:

@@ -26,6 +26,7 @@ from torch.nn import functional as F
 
 from gfprobe.errors import ConfigError, GfprobeError
 from gfprobe.study.names import DATASETS
+from gfprobe.study.sizes import SIZES, split_sizes
 
 _Tensors = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
 
@@ -89,7 +90,22 @@ _MNIST1D_SHIFT = 3
 _MNIST1D_NOISE = 0.05
 
 
-def load(name: str, root: Path | None = None, download: bool = False) -> Split:
+@dataclass(frozen=True)
+class ProbeBatch:
+    """The probe-batch protocol's examples: training examples held out of training (normalised
+    as the training split is)."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+
+
+# The probe batch is drawn with its own fixed seed, not a run's: every run on the same data holds
+# out the same examples, so their probe gradients are taken on the same batch.
+PROBE_SEED = 0
+
+
+def load(name: str, root: Path | None = None, download: bool = False, samples: int | None = None,
+         test_fraction: float | None = None) -> Split:
     """Load data set ``name`` as a normalised ``Split``.
 
     Args:
@@ -97,19 +113,49 @@ def load(name: str, root: Path | None = None, download: bool = False) -> Split:
         root: The folder holding torchvision's layout (fashion-mnist, cifar10, cifar100); unused by
             mnist1d and digits, which are generated or bundled.
         download: Let torchvision fetch missing files into ``root`` (needs a network).
+        samples: Examples in both splits together (mnist1d: generated; digits: a stratified subset
+            of the 1,797); None: the data set's own (``sizes.SIZES``). Study files are checked
+            against ``sizes`` before they get here.
+        test_fraction: The test split's share of them; None: the data set's own (0.2).
 
     Raises:
-        ConfigError: ``name`` is not a known data set.
+        ConfigError: ``name`` is not a known data set, or ``samples``/``test_fraction`` given for
+            one of fixed train and test files.
         DatasetMissing: A file, the data root or a needed package is missing, or a file is unreadable.
     """
     _check_name(name)
-    if name == "mnist1d":
-        tensors = _mnist1d()
-    elif name == "digits":
-        tensors = _digits()
-    else:
-        tensors = _from_files(name, None if root is None else Path(root).expanduser(), download)
+    size = SIZES.get(name)
+    if size is None:
+        if samples is not None or test_fraction is not None:
+            raise ConfigError(f"{name} comes as fixed train and test files: samples and test_fraction apply to "
+                              f"{' and '.join(SIZES)} only")
+        return _normalised(*_from_files(name, None if root is None else Path(root).expanduser(), download))
+    n_train, n_test = split_sizes(size.default if samples is None else samples,
+                                  size.test_fraction if test_fraction is None else test_fraction)
+    tensors = _mnist1d(n_train, n_test) if name == "mnist1d" else _digits(n_train, n_test)
     return _normalised(*tensors)
+
+
+def hold_out(split: Split, n: int) -> tuple[Split, ProbeBatch | None]:
+    """``n`` training examples, chosen by ``PROBE_SEED``, taken out of ``split`` as the probe batch
+    (the other training examples keep their order); ``n = 0`` leaves ``split`` as it is.
+
+    Raises:
+        ConfigError: ``n`` is not below the number of training examples.
+    """
+    if n <= 0:
+        return split, None
+    total = len(split.x_train)
+    if n >= total:
+        raise ConfigError(f"probe_batch = {n:,} holds out all {total:,} training examples; use fewer, "
+                          f"e.g. probe_batch = {max(2, total // 10)}")
+    chosen = torch.randperm(total, generator=torch.Generator().manual_seed(PROBE_SEED))[:n].sort().values
+    kept = torch.ones(total, dtype=torch.bool)
+    kept[chosen] = False
+    chosen = chosen.to(split.x_train.device)
+    kept = kept.to(split.x_train.device)
+    trained = Split(split.x_train[kept], split.y_train[kept], split.x_test, split.y_test)
+    return trained, ProbeBatch(split.x_train[chosen], split.y_train[chosen])
 
 
 def augment(name: str, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -158,39 +204,63 @@ def _normalised(x_train: torch.Tensor, y_train: torch.Tensor, x_test: torch.Tens
     return Split(x_train, y_train.to(torch.int64), x_test, y_test.to(torch.int64))
 
 
-def _mnist1d() -> _Tensors:
+def _mnist1d(n_train: int, n_test: int) -> _Tensors:
+    # The package's own split: the first examples train, the rest test (its default is 4000/1000).
     # torch.tensor copies: the cached arrays stay as generated whatever callers do with the tensors.
-    x_train, y_train, x_test, y_test = (torch.tensor(a) for a in _mnist1d_arrays())
-    return x_train.unsqueeze(1), y_train, x_test.unsqueeze(1), y_test
+    x, y = (torch.tensor(a) for a in _mnist1d_arrays(n_train + n_test))
+    return x[:n_train].unsqueeze(1), y[:n_train], x[n_train:].unsqueeze(1), y[n_train:]
 
 
-@functools.lru_cache(maxsize=1)
-def _mnist1d_arrays() -> tuple[npt.NDArray[Any], ...]:
-    """MNIST-1D from the package's default arguments (seed 42): the same 4000/1000 examples in every run."""
+# Keyed by the number of signals, the one argument that changes what is generated (the split is
+# taken afterwards). A few sizes, for a study that compares them in one process.
+@functools.lru_cache(maxsize=4)
+def _mnist1d_arrays(samples: int) -> tuple[npt.NDArray[Any], ...]:
+    """``samples`` MNIST-1D signals and labels from the package's default arguments (seed 42) but
+    their number: the same examples in every run, on every machine. (More signals are not the
+    default ones plus others: the generator draws each class's signals in turn.)"""
     mnist1d = _require("mnist1d.data", "mnist1d", "mnist1d")
+    args = mnist1d.get_dataset_args()
+    args.num_samples, args.train_split = samples, 1.0  # every signal in "x"; split by the caller
     # make_dataset reseeds Python's and NumPy's global generators; restore them so loading data
     # never changes the random stream of the caller's code.
     python_state, numpy_state = random.getstate(), np.random.get_state()
     try:
-        data = mnist1d.make_dataset(mnist1d.get_dataset_args())
+        data = mnist1d.make_dataset(args)
     finally:
         random.setstate(python_state)
         np.random.set_state(numpy_state)
-    arrays = tuple(np.asarray(data[key]) for key in ("x", "y", "x_test", "y_test"))
+    arrays = (np.asarray(data["x"]), np.asarray(data["y"]))
     for array in arrays:
         array.setflags(write=False)  # shared by every later call
     return arrays
 
 
-def _digits() -> _Tensors:
+def _digits(n_train: int, n_test: int) -> _Tensors:
     sklearn_datasets = _require("sklearn.datasets", "scikit-learn", "digits")
     model_selection = _require("sklearn.model_selection", "scikit-learn", "digits")
     bunch = sklearn_datasets.load_digits()
-    # Stratified and seeded: every run and every machine gets the same 1437/360 split.
+    images, target = bunch.images, bunch.target
+    if n_train + n_test < len(target):
+        subset = _stratified_subset(target, n_train + n_test)
+        images, target = images[subset], target[subset]
+    # Stratified and seeded: every run and every machine gets the same split (1437/360 of all 1,797).
     x_train, x_test, y_train, y_test = model_selection.train_test_split(
-        bunch.images, bunch.target, test_size=0.2, stratify=bunch.target, random_state=0)
+        images, target, test_size=n_test, stratify=target, random_state=0)
     return (torch.from_numpy(x_train).unsqueeze(1), torch.from_numpy(y_train),
             torch.from_numpy(x_test).unsqueeze(1), torch.from_numpy(y_test))
+
+
+def _stratified_subset(labels: npt.NDArray[Any], n: int) -> npt.NDArray[Any]:
+    """The indices of ``n`` examples, each class's share as in ``labels`` (to within one), chosen
+    by a fixed seed: each class's examples are put in a seeded order and ranked by how far along
+    their class they come, and the ``n`` earliest are kept. A subset stays stratifiable: 20 or
+    more examples give every class at least two."""
+    order = np.random.RandomState(0).permutation(len(labels))
+    rank = np.empty(len(labels))
+    for label in np.unique(labels):
+        members = order[labels[order] == label]
+        rank[members] = (np.arange(len(members)) + 0.5) / len(members)
+    return np.sort(np.argsort(rank, kind="stable")[:n])
 
 
 def _from_files(name: str, root: Path | None, download: bool) -> _Tensors:

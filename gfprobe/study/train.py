@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
@@ -22,6 +21,10 @@ import gfprobe
 from gfprobe.study import capacity, data, models
 from gfprobe.study.config import RunSpec
 from gfprobe.study.names import DATASETS
+from gfprobe.study.probe import ProbePass
+from gfprobe.study.runattrs import run_attrs
+
+__all__ = ["RunResult", "Trained", "evaluate", "make_optimizer", "run_attrs", "train_model", "train_run"]
 
 EVAL_BATCH = 1000
 MOMENTUM = 0.9
@@ -34,26 +37,6 @@ class RunResult:
     test_acc: float
     test_loss: float
     seconds: float
-
-
-def run_attrs(spec: RunSpec, plan: capacity.PairPlan) -> dict[str, Any]:
-    """The run attributes stored in the file: every setting, plus the capacity of the pair.
-
-    A sparse run and its dense partner differ only in ``sparse``, ``width`` and ``density``
-    (and ``seed`` across repeats); ``active_weights`` is equal within a pair by construction.
-    """
-    return {
-        "study": spec.study, "dataset": spec.dataset, "arch": spec.arch,
-        **({"hidden_layers": spec.hidden_layers} if spec.arch == "mlp" else {}),
-        "sparse": spec.sparse, "density": spec.density if spec.sparse else 1.0,
-        "width": spec.sparse_width if spec.sparse else plan.dense_width,
-        "sparse_width": spec.sparse_width, "dense_width": plan.dense_width,
-        "pair_density": spec.density, "active_weights": plan.dense_active_total,
-        "optimizer": spec.optimizer, "lr": spec.lr, "regularisation": spec.regularisation,
-        "activation": spec.activation, "seed": spec.seed, "epochs": spec.epochs,
-        "batch_size": spec.batch_size, "weight_decay": spec.weight_decay if "L2" in spec.regularisers else 0.0,
-        "init": spec.init,
-    }
 
 
 def make_optimizer(spec: RunSpec, params: Iterable[nn.Parameter]) -> torch.optim.Optimizer:
@@ -94,8 +77,23 @@ def train_run(spec: RunSpec, out: Path, data_root: Path | None = None, download:
     started = time.monotonic()
     if threads:
         torch.set_num_threads(threads)
+    trained = train_model(spec, out, data_root, download, device)
+    return RunResult(spec.run_id, out, trained.test_acc, trained.test_loss, time.monotonic() - started)
+
+
+@dataclass(frozen=True)
+class Trained:
+    model: nn.Module
+    test_acc: float
+    test_loss: float
+
+
+def train_model(spec: RunSpec, out: Path, data_root: Path | None = None, download: bool = False,
+                device: str = "cpu") -> Trained:
+    """:func:`train_run`'s training, returning the trained network too."""
     info = DATASETS[spec.dataset]
-    split = data.load(spec.dataset, data_root, download)
+    split, held_out = data.hold_out(data.load(spec.dataset, data_root, download, spec.samples, spec.test_fraction),
+                                    spec.probe_batch)
     split = data.Split(*(t.to(device) for t in (split.x_train, split.y_train, split.x_test, split.y_test)))
     plan = capacity.plan_pair(spec.arch, info, spec.sparse_width, spec.density, spec.hidden_layers)
     generator = torch.Generator().manual_seed(spec.seed)
@@ -109,23 +107,33 @@ def train_run(spec: RunSpec, out: Path, data_root: Path | None = None, download:
         models.keep_masked_weights_zero(built.model, built.masks, optimizer)
     acc, loss = math.nan, math.nan
     with gfprobe.watch(built.model, optimizer, out=out, every=spec.record_every, masks=built.masks,
-                       attrs=run_attrs(spec, plan)):
+                       attrs=run_attrs(spec, plan)) as recording:
+        measure = _no_probe
+        if spec.probe_every and held_out is not None:
+            batch = data.ProbeBatch(held_out.x.to(device), held_out.y.to(device))
+            measure = ProbePass(recording, built.model, batch, spec.probe_every)
         for epoch in range(1, spec.epochs + 1):
-            train_loss = _train_epoch(spec, built.model, optimizer, split, generator)
+            train_loss = _train_epoch(spec, built.model, optimizer, split, generator, measure)
             if epoch % spec.eval_every == 0 or epoch == spec.epochs:
                 acc, loss = evaluate(built.model, split.x_test, split.y_test)
                 gfprobe.log(test_acc=acc, test_loss=loss, train_loss=train_loss)
-    return RunResult(spec.run_id, out, acc, loss, time.monotonic() - started)
+    return Trained(built.model, acc, loss)
+
+
+def _no_probe() -> None:
+    """The probe pass of a run without one."""
 
 
 def _train_epoch(spec: RunSpec, model: nn.Module, optimizer: torch.optim.Optimizer, split: data.Split,
-                 generator: torch.Generator) -> float:
-    """One pass over the training set in a seeded random order; returns the mean batch loss."""
+                 generator: torch.Generator, measure: Callable[[], None] = _no_probe) -> float:
+    """One pass over the training set in a seeded random order; returns the mean batch loss.
+    ``measure`` runs before each step is computed (the probe pass: it changes nothing here)."""
     augment = "DA" in spec.regularisers
     order = torch.randperm(len(split.x_train), generator=generator).to(split.x_train.device)
     total = torch.zeros((), device=split.x_train.device)  # summed on the device: one sync per epoch
     batches = 0
     for start in range(0, len(order), spec.batch_size):
+        measure()
         index = order[start:start + spec.batch_size]
         x = split.x_train[index]
         if augment:
