@@ -32,7 +32,7 @@ def heights(values: np.ndarray, width: int = WIDTH, levels: int = LEVELS) -> lis
 
 def _stretch_means(positive: np.ndarray, width: int) -> np.ndarray:
     """Mean log10 of each of ``width`` equal stretches (fewer for a shorter series)."""
-    logs = np.log10(positive)
+    logs: np.ndarray = np.log10(positive)
     if logs.size <= width:  # stretches of one value each (a compressed series): its mean is itself
         return logs
     return np.array([b.mean() for b in np.array_split(logs, width)])
