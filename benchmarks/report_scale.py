@@ -90,9 +90,13 @@ def make_study(folder: Path, runs: int, steps: int, n_layers: int) -> list[Path]
 
 
 def _write(spec: Spec) -> None:
-    # The writer publishes the file when it is closed: a killed generation leaves no run file half written.
+    # Written aside and moved in once closed: a run file appears under its name while it is
+    # written (status "running"), and one left by a killed generation would stay so for good.
     path, attrs, steps, n_layers, seed = spec
-    write_run(path, attrs, steps, n_layers, np.random.default_rng(seed))
+    aside = path.parent.parent / f".{path.parent.name}.writing" / path.name  # outside the study's folder
+    aside.unlink(missing_ok=True)
+    write_run(aside, attrs, steps, n_layers, np.random.default_rng(seed))
+    aside.replace(path)
 
 
 def time_open(folder: Path) -> float:

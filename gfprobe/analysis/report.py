@@ -48,7 +48,8 @@ class RunSummary:
     measures: dict[str, float]
     metrics: dict[str, dict[str, float]]
     attrs: dict[str, Any]
-    series: dict[str, np.ndarray] = field(repr=False)  # per-step egf_2 (the report's sparkline)
+    # egf_2: every step from summarise_run; read_report keeps only the 16-point trend the sparkline draws
+    series: dict[str, np.ndarray] = field(repr=False)
     per_layer: list[LayerSummary] = field(default_factory=list)
     how: str = "points"  # the summary of each per-step series (gfprobe.summary.SUMMARIES)
     points: int = DEFAULT_POINTS  # steps the "points" summary averages
