@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 from conftest import child_env
 
+from gfprobe.analysis.index import INDEX_NAME, StudyIndex
 from gfprobe.errors import ConfigError
 from gfprobe.store.reader import open_run
 from gfprobe.study import devices, runner
@@ -88,12 +89,14 @@ def test_ray_trains_the_same_runs_into_the_same_files_as_the_local_executor(tmp_
     config = study_file(tmp_path)
     local = scsdc_run(config, tmp_path / "local", "--jobs", "2", "--cpus-per-run", "1")
     assert local.returncode == 0, local.stderr
-    local_files = sorted(p.name for p in (tmp_path / "local" / "runs").iterdir())
+    local_files = sorted(p.name for p in (tmp_path / "local" / "runs").glob("*.h5"))
     for folder, extra in (("ray", ["--address", head_node]), ("collected", ["--collect"])):
         on_ray = scsdc_run(config, tmp_path / folder, "--executor", "ray", "--cpus-per-run", "1", *extra)
         assert on_ray.returncode == 0, on_ray.stderr
         assert "4 of 4 runs done (4 trained now)" in on_ray.stderr and "Traceback" not in on_ray.stderr
-        assert sorted(p.name for p in (tmp_path / folder / "runs").iterdir()) == local_files  # nothing else left
+        left = sorted(p.name for p in (tmp_path / folder / "runs").iterdir() if p.name != INDEX_NAME)
+        assert left == local_files  # nothing else left: no temporary or collected file
+        assert len(StudyIndex.open(tmp_path / folder / "runs")) == (0 if extra == ["--collect"] else 4)
         for name in local_files:
             assert runner.is_done(tmp_path / folder / "runs" / name)
             attrs, stats, acc = recorded(tmp_path / folder / "runs" / name)
