@@ -28,6 +28,7 @@ from gfprobe.analysis.check import Finding, RunCheck, check_runs
 from gfprobe.analysis.check_config import Config, load_config
 from gfprobe.analysis.correlation import Correlation
 from gfprobe.analysis.correlation import correlate as _correlate
+from gfprobe.analysis.cost import ObservationCost, observation_cost
 from gfprobe.analysis.layers import weight_layer_stats
 from gfprobe.analysis.measure_set import compute_series
 from gfprobe.analysis.report import LayerSummary, RunSummary, build_report
@@ -45,8 +46,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "MEASURES", "STAT_FIELDS", "Comparison", "Config", "ConfigError", "Correlation", "Finding", "GfprobeError",
-    "LayerSummary", "Metric", "Run", "RunCheck", "RunFileError", "RunSummary", "check", "compare", "correlate",
-    "load", "summarize",
+    "LayerSummary", "Metric", "ObservationCost", "Run", "RunCheck", "RunFileError", "RunSummary", "check", "compare",
+    "correlate", "load", "summarize",
 ]
 
 
@@ -100,6 +101,17 @@ class Run:
     @property
     def layers(self) -> list[str]:
         return [self.data.params.names[c] for c in self.data.params.indices(WEIGHT)]
+
+    @property
+    def cost(self) -> ObservationCost | None:
+        """gfprobe's own time per recorded step (``hook``, ``writer``, ``interval`` in seconds,
+        ``fraction`` of the step time); None for files written before gfprobe measured it.
+
+        >>> import gfprobe.api as gf
+        >>> gf.load("fixtures/runs/sparse.h5").cost is None  # recorded before gfprobe measured it
+        True
+        """
+        return observation_cost(self.data)
 
     def measures(self) -> dict[str, np.ndarray]:
         """Every measure (``gf_1`` … ``egf_2_per_weight``, and those of plugins) per optimizer step taken.

@@ -40,10 +40,12 @@ EXIT_CODES = {0, 2}
 CHECK_EXIT_CODES = {0, 1, 2}  # 1: a rule fails, which a damaged but readable file may well do
 
 DATASETS = ([f"params/{c}" for c in schema.PARAM_COLUMNS] + ["streams/optimizer", "streams/attrs", "metrics/names"]
-            + [f"steps/{c}" for c in schema.STEP_COLUMNS] + [f"stats/{f}" for f in schema.STAT_FIELDS]
+            + [f"steps/{c}" for c in (*schema.STEP_COLUMNS, *schema.COST_COLUMNS)]
+            + [f"stats/{f}" for f in schema.STAT_FIELDS]
             + [f"metrics/{c}" for c in schema.METRIC_COLUMNS])
 TAIL = [f"{schema.TAIL_GROUP}/{p}" for p in (schema.RECORDS_TAIL_ROW, schema.METRICS_TAIL_ROW, "steps/step",
-                                              "steps/stream", "stats/sumsq", "stats/active", "metrics/value")]
+                                              "steps/stream", "steps/hook_time", "stats/sumsq", "stats/active",
+                                              "metrics/value")]
 GROUPS = ["params", "streams", "steps", "stats", "metrics", "attrs", schema.TAIL_GROUP, f"{schema.TAIL_GROUP}/stats"]
 ATTR_NAMES = ["format", "schema_version", "status", "sharded", "rank", "world_size", "command", "lr", "sparse"]
 DEEP_JSON = ["[" * 10_000 + "]" * 10_000, '{"a":' * 10_000 + "1" + "}" * 10_000, "[" * 900 + "]" * 900,
@@ -346,8 +348,11 @@ def damaged(bases: dict[str, Path], tmp_path: Path, *damages: tuple[Any, ...], b
     (("reshape", "params/kind", [2]), "the parameter columns differ in length"),
     (("delete", "steps/time"), "no dataset steps/time"),
     (("regroup", "stats"), "not a group /stats"),
+    (("retype", "steps/hook_time", 5), "steps/hook_time holds |S3, not numbers"),
+    (("reshape", "steps/writer_time", [5]), "the step columns and statistics differ in length"),
 ], ids=["names-as-integers", "array-schema-version", "array-status", "too-few-columns", "wrong-rank",
-        "string-statistics", "fewer-rows-than-steps", "param-columns-disagree", "missing-dataset", "dataset-for-group"])
+        "string-statistics", "fewer-rows-than-steps", "param-columns-disagree", "missing-dataset", "dataset-for-group",
+        "string-cost", "cost-rows-disagree"])
 def test_bug_schema_damage_got_a_traceback_or_passed_silently(bases: dict[str, Path], tmp_path: Path,
                                                               damage: tuple[Any, ...], fragment: str) -> None:
     path = damaged(bases, tmp_path, damage)

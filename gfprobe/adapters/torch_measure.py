@@ -88,14 +88,17 @@ class MeasurementStream:
         probe = self._probe
         if not probe.recording:
             return
+        started = time.perf_counter()
         try:
             stream = self._stream
             stream.rows.append(stream.kernel.row(grads))
             stream.steps.append(self._step(step))
             stream.times.append(probe._recorder.elapsed())
             stream.skipped.append(0)
+            started = stream.stamp(started)
             if len(stream.rows) >= BATCH_STEPS or time.monotonic() - stream.last_flush >= FLUSH_SECONDS:
                 self.flush()
+            stream.unstamped += time.perf_counter() - started
         except Exception as exc:  # never into the user's loop: recording stops, training goes on
             probe.fail(exc)
 

@@ -53,7 +53,17 @@ class _Stream:
     steps: list[int] = field(default_factory=list)
     times: list[float] = field(default_factory=list)
     skipped: list[int] = field(default_factory=list)
+    hook_times: list[float] = field(default_factory=list)  # gfprobe's own seconds, per row
+    unstamped: float = 0.0  # seconds gfprobe spent in the training thread since the last row was taken
     last_flush: float = field(default_factory=time.monotonic)
+
+    def stamp(self, started: float) -> float:
+        """Charge the row just taken with gfprobe's time since the previous row (the steps the
+        schedule left out included) up to now; returns now, where the next charge starts."""
+        now = time.perf_counter()
+        self.hook_times.append(self.unstamped + now - started)
+        self.unstamped = 0.0
+        return now
 
 
 class Probe:
@@ -223,6 +233,7 @@ class Probe:
         the parameters' ``.grad`` attributes, as inside compiled code."""
         if not self._active or os.getpid() != self._recorder.pid:
             return  # closed, or a forked child (e.g. a DataLoader worker) inherited the hook
+        started = time.perf_counter()
         try:
             stream = self._streams.get(optimizer)
             if stream is None:
@@ -242,10 +253,12 @@ class Probe:
                 stream.steps.append(step)
                 stream.times.append(self._recorder.elapsed())
                 stream.skipped.append(int(skipped))
+                started = stream.stamp(started)
             # Checked at every step, recorded or not, so a row waits at most FLUSH_SECONDS.
             if stream.rows and (len(stream.rows) >= BATCH_STEPS
                                 or time.monotonic() - stream.last_flush >= FLUSH_SECONDS):
                 self._flush(stream)
+            stream.unstamped += time.perf_counter() - started
         except Exception as exc:
             self.fail(exc)
 
@@ -317,8 +330,8 @@ class Probe:
         stats = _async_to_host(stream.rows) if isinstance(stream.kernel, DeviceStats) else np.stack(stream.rows)
         self._recorder.add_block(PendingBlock(
             stream.index, np.asarray(stream.steps, dtype=np.int64), np.asarray(stream.times),
-            np.asarray(stream.skipped, dtype=np.uint8), stats))
-        stream.rows, stream.steps, stream.times, stream.skipped = [], [], [], []
+            np.asarray(stream.skipped, dtype=np.uint8), stats, np.asarray(stream.hook_times)))
+        stream.rows, stream.steps, stream.times, stream.skipped, stream.hook_times = [], [], [], [], []
         stream.last_flush = time.monotonic()
         if self._recorder.failed is not None:
             self._detach()

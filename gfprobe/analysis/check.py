@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from gfprobe.analysis.check_config import Config
+from gfprobe.analysis.cost import observation_cost
 from gfprobe.analysis.layers import MEASURE_FIELDS, weight_layer_stats
 from gfprobe.measures import egf, layer_norms
 from gfprobe.store.reader import StreamData, Unreadable, open_run, read_each
@@ -222,9 +223,26 @@ def instability(view: _View, settings: dict[str, Any]) -> Finding:
                    None, cv, settings["max_cv"])
 
 
+def overhead(view: _View, settings: dict[str, Any]) -> Finding:
+    cost = observation_cost(view.stream)
+    if cost is None:
+        return Finding("overhead", "skip", "gfprobe's own time is not measured in this file (written before "
+                       "gfprobe measured it, or with fewer than two recorded steps)")
+    message = (f"gfprobe's own time {cost.fraction:.1%} of the step time ({cost.hook * 1e3:.3g} ms in the "
+               f"training thread + {cost.writer * 1e3:.3g} ms writer CPU per recorded step, "
+               f"{cost.interval * 1e3:.3g} ms apart)")
+    limit = settings["max_fraction"]
+    if cost.fraction <= limit:
+        return _pass("overhead", message)
+    every = math.ceil(cost.fraction / limit) if limit > 0 else None
+    advice = f"; record every {every} steps (--every {every}) to bring it under" if every else ", above"
+    return Finding("overhead", "fail", f"{message}{advice} {limit:.0%}", None, None, cost.fraction, limit)
+
+
 CHECKS: dict[str, Callable[[_View, dict[str, Any]], Finding]] = {
     "nonfinite": nonfinite, "amp_skips": amp_skips, "vanishing": vanishing, "exploding": exploding,
     "dead": dead, "imbalance": imbalance, "mask_leak": mask_leak, "instability": instability,
+    "overhead": overhead,
 }  # in the order of check_config.RULES, which lists what the configuration may name
 
 

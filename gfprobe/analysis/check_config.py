@@ -35,6 +35,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "imbalance": {"enabled": True, "max_ratio": 1e4},
     "mask_leak": {"enabled": True},
     "instability": {"enabled": True, "max_cv": 1.0},
+    "overhead": {"enabled": True, "max_fraction": 0.25},
 }
 RULES = tuple(DEFAULTS)
 DESCRIPTIONS = {
@@ -47,6 +48,7 @@ DESCRIPTIONS = {
     "imbalance": "median over steps of the largest over the smallest weight-layer norm at most max_ratio",
     "mask_leak": "the optimizer gets no non-zero gradient for masked weights (explicit and zeros masks)",
     "instability": "coefficient of variation of egf_2 over the second half of training at most max_cv",
+    "overhead": "gfprobe's own time (its hooks and its writer's CPU) at most max_fraction of the step time",
 }
 
 

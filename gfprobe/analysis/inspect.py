@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from gfprobe.analysis.cost import cost_json, observation_cost
 from gfprobe.store.reader import open_run
 
 
@@ -20,6 +21,7 @@ def describe(path: Path) -> dict[str, Any]:
                 "index": index, "optimizer": optimizer, "protocol": data.protocol, "attrs": data.attrs,
                 "records": int(data.steps.size),
                 "skipped": int(data.skipped.sum()),
+                "cost": cost_json(observation_cost(data)),
                 "params": [{"name": n, "shape": list(s), "numel": int(k), "kind": kind, "module_type": mt,
                             "mask_source": ms}
                            for n, s, k, kind, mt, ms in zip(params.names, params.shapes, params.numel,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import multiprocessing
 import os
 from collections.abc import Callable, Sequence
@@ -15,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from gfprobe.analysis import trend
+from gfprobe.analysis.cost import observation_cost
 from gfprobe.analysis.layers import MEASURE_FIELDS, PER_LAYER_FIELDS, weight_layer_stats
 from gfprobe.analysis.measure_set import compute_series
 from gfprobe.errors import RunFileError
@@ -58,6 +60,7 @@ class RunSummary:
     protocol: str = MINIBATCH  # how the stream's gradient was taken (docs/run-file.md, "Streams")
     stream_attrs: dict[str, Any] = field(default_factory=dict)  # the stream's own attributes
     n_streams: int = 1  # streams in the file
+    cost: float = math.nan  # gfprobe's own time as a fraction of step time (analysis.cost); NaN: not measured
 
 
 def metric_summary(metric: Metric) -> dict[str, float]:
@@ -94,7 +97,13 @@ def summarise_run(run: RunFile, stream_index: int | str = 0, how: str = "points"
         protocol=stream.protocol,
         stream_attrs=stream.attrs,
         n_streams=run.n_streams,
+        cost=_cost_fraction(stream),
     )
+
+
+def _cost_fraction(stream: StreamData) -> float:
+    cost = observation_cost(stream)
+    return math.nan if cost is None else cost.fraction
 
 
 def _per_layer(stream: StreamData, stats: LayerStats, cols: list[int], how: str,

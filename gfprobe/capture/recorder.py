@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import queue
 import threading
@@ -37,10 +38,16 @@ class PendingBlock:
     times: np.ndarray
     skipped: np.ndarray
     stats: StatsSource  # [n, F, P] or a callable that waits for and returns it
+    # Seconds the training thread spent inside gfprobe per row (schema.COST_COLUMNS), if measured.
+    hook_time: np.ndarray | None = None
 
-    def resolve(self) -> StepBlock:
+    def resolve(self, writer_seconds: float = math.nan) -> StepBlock:
+        """The block as the file takes it; ``writer_seconds``, the writer's CPU time to charge to
+        it, is spread evenly over its rows."""
         stats = self.stats() if callable(self.stats) else self.stats
-        return StepBlock(self.stream, self.steps, self.times, self.skipped, np.asarray(stats, dtype=np.float64))
+        n = len(self.steps)
+        return StepBlock(self.stream, self.steps, self.times, self.skipped, np.asarray(stats, dtype=np.float64),
+                         self.hook_time, np.full(n, writer_seconds / max(n, 1)))
 
 
 _STOP = object()
@@ -70,6 +77,7 @@ class Recorder:
         # workers, launchers) get no thread and no file.
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
+        self._writer_cpu = 0.0  # the writer thread's CPU time when it last charged a block
 
     # -- producer side (any thread) -------------------------------------------------------------
     def _put(self, item: Any) -> None:
@@ -153,6 +161,7 @@ class Recorder:
     def _run(self) -> None:
         writer: RunWriter | None = None
         early_metrics: list[tuple[str, int, float, float]] = []
+        self._writer_cpu = time.thread_time()
         while True:
             item = self._queue.get()
             if item is _STOP:
@@ -172,8 +181,9 @@ class Recorder:
             writer.add_stream(item[1], item[2], item[3])
             writer.append_metrics(early)
             early.clear()
+            self._writer_cpu = time.thread_time()  # creating the file and its columns: set-up, not per step
         elif kind == "block" and writer is not None:
-            writer.append_steps(item[1].resolve())
+            writer.append_steps(item[1].resolve(self._charge_writer()))
         elif kind == "metrics":
             if writer is None:
                 early.extend(item[1])
@@ -193,6 +203,14 @@ class Recorder:
         if writer is not None and self._queue.empty():
             writer.flush()  # one flush per burst: readers see data within a flush interval
         return writer
+
+    def _charge_writer(self) -> float:
+        """The writer thread's CPU seconds since it last charged a block: the previous blocks'
+        writes and flushes, the file's creation, metrics. Each block carries what came before it,
+        since a block's own write is done only after its rows are stored."""
+        now = time.thread_time()
+        spent, self._writer_cpu = now - self._writer_cpu, now
+        return spent
 
     def _open(self) -> RunWriter:
         writer = RunWriter(self.requested_path, self._metadata, self._attrs, lenient_attrs=True)

@@ -44,7 +44,16 @@ def _stream_table(stream: dict[str, Any]) -> Table:
     for p in stream["params"]:
         table.add_row(*map(text, (p["name"], "×".join(map(str, p["shape"])), p["numel"], p["kind"],
                                   p["module_type"], p["mask_source"])))
+    table.caption, table.caption_justify = text(f"gfprobe's own time: {describe_cost(stream['cost'])}"), "left"
     return table
+
+
+def describe_cost(cost: dict[str, Any] | None) -> str:
+    """gfprobe's observation cost (``analysis.cost.cost_json``) in words."""
+    if cost is None:
+        return "not measured (the file predates it, or its recorder does not measure it)"
+    return (f"{cost['fraction']:.1%} of the step time ({cost['hook_s'] * 1e3:.3g} ms in the training thread "
+            f"+ {cost['writer_s'] * 1e3:.3g} ms writer CPU per recorded step, {cost['interval_s'] * 1e3:.3g} ms apart)")
 
 
 def fmt_value(value: Any) -> str:

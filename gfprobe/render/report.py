@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -35,14 +36,15 @@ def _header(runs: Sequence[RunSummary], stream: bool = False) -> list[str]:
     """The columns of a run's row; ``stream``: with the stream's name and protocol (CSV, whose
     rows are read apart from any title)."""
     metrics = [f"{m}_{k}" for m in _metric_names(runs) for k in ("last", "best")]
-    return ["path", *(("stream", "protocol") if stream else ()), "steps", "layers", *_measure_names(runs), *metrics]
+    return ["path", *(("stream", "protocol") if stream else ()), "steps", "layers", *_measure_names(runs), *metrics,
+            "gfprobe_cost"]
 
 
 def _row(run: RunSummary, measure_names: list[str], metric_names: list[str], stream: bool = False) -> list[Any]:
     metric_cells = [run.metrics.get(m, {}).get(k, float("nan")) for m in metric_names for k in ("last", "best")]
     measure_cells = [run.measures.get(m, float("nan")) for m in measure_names]
     streams = (run.stream_name, run.protocol) if stream else ()
-    return [run.path, *streams, run.steps, run.layers, *measure_cells, *metric_cells]
+    return [run.path, *streams, run.steps, run.layers, *measure_cells, *metric_cells, run.cost]
 
 
 def protocols_of(runs: Sequence[RunSummary]) -> str:
@@ -55,6 +57,7 @@ def run_json(run: RunSummary) -> dict[str, Any]:
     return {
         "path": run.path, "steps": run.steps, "layers": run.layers, "measures": run.measures,
         "metrics": run.metrics, "attrs": run.attrs, "skipped": run.skipped, "status": run.status,
+        "gfprobe_cost": run.cost,
         "summary": {"how": run.how, **({"points": run.points} if run.how == "points" else {})},
         "stream": {"index": run.stream, "name": run.stream_name, "protocol": run.protocol, "attrs": run.stream_attrs},
         **({"per_layer": [_layer_json(layer) for layer in run.per_layer]} if run.per_layer else {}),
@@ -126,7 +129,10 @@ def render_table(console: Console, runs: Sequence[RunSummary], per_layer: bool =
     runs_note = f" (runs {prefix}*)" if prefix else ""
     _print(console, f"Gradient flow ({protocols_of(runs)}): {summary_of(runs)}{runs_note}", labels,
            _measure_columns(runs))
-    _print(console, "egf_2 over training (log scale) and metrics (last / best)", labels, _trend_columns(runs))
+    costs = any(math.isfinite(run.cost) for run in runs)
+    title = ("egf_2 over training (log scale), metrics (last / best) and gfprobe cost" if costs
+             else "egf_2 over training (log scale) and metrics (last / best)")
+    _print(console, title, labels, _trend_columns(runs, costs))
     if per_layer:
         for label, run in zip(labels, runs, strict=True):
             header, rows = _layer_rows(run)
@@ -142,13 +148,20 @@ def _measure_columns(runs: Sequence[RunSummary]) -> list[Column]:
             *(Column(m, [fmt(run.measures.get(m)) for run in runs]) for m in _measure_names(runs)[len(MEASURES):])]
 
 
-def _trend_columns(runs: Sequence[RunSummary]) -> list[Column]:
+def _trend_columns(runs: Sequence[RunSummary], costs: bool) -> list[Column]:
+    """The trend, the metrics, and gfprobe's own time where some run measured it."""
     def last_best(run: RunSummary, metric: str) -> str:
         values = run.metrics.get(metric)
         return f"{fmt(values['last'])} / {fmt(values['best'])}" if values else "–"
 
     return [Column("egf_2 trend", [sparkline(run.series["egf_2"]) for run in runs]),
-            *(Column(m, [last_best(run, m) for run in runs]) for m in _metric_names(runs))]
+            *(Column(m, [last_best(run, m) for run in runs]) for m in _metric_names(runs)),
+            *([Column("gfprobe cost", [percent(run.cost) for run in runs])] if costs else [])]
+
+
+def percent(fraction: float) -> str:
+    """gfprobe's own time as a share of step time ("–" where not measured)."""
+    return f"{fraction:.1%}" if math.isfinite(fraction) else "–"
 
 
 def _print(console: Console, title: str, labels: Sequence[str], columns: Sequence[Column],

@@ -151,8 +151,18 @@ def _merge_stream(index: int, streams: Sequence[StreamData]) -> tuple[StepBlock,
                       for field in schema.STAT_FIELDS], axis=1)
     times = np.max([s.times[r] for s, r in zip(streams, rows, strict=True)], axis=0)
     skipped = np.max([s.skipped[r] for s, r in zip(streams, rows, strict=True)], axis=0)
-    block = StepBlock(index, common.astype(np.int64), times, skipped.astype(np.uint8), stats)
+    costs = {name: _slowest_rank([getattr(s, name) for s in streams], rows) for name in schema.COST_COLUMNS}
+    block = StepBlock(index, common.astype(np.int64), times, skipped.astype(np.uint8), stats, **costs)
     return block, int(len(every) - len(common))
+
+
+def _slowest_rank(costs: list[np.ndarray | None], rows: list[np.ndarray]) -> np.ndarray | None:
+    """gfprobe's own time per merged step: the ranks step together, so the slowest rank's is what
+    the run paid (NaN where a rank did not measure it; None when no rank file has the column)."""
+    if all(c is None for c in costs):
+        return None
+    per_rank = [np.full(len(r), np.nan) if c is None else c[r] for c, r in zip(costs, rows, strict=True)]
+    return np.asarray(np.max(per_rank, axis=0))
 
 
 def _rows_of(steps: np.ndarray, wanted: np.ndarray) -> np.ndarray:

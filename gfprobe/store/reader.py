@@ -67,6 +67,9 @@ class StreamData:
     skipped: np.ndarray
     stats: dict[str, np.ndarray]  # field -> [records, params]
     attrs: dict[str, Any] = dataclasses.field(default_factory=dict)
+    # gfprobe's own seconds per record (schema.COST_COLUMNS): None in files written before them
+    hook_time: np.ndarray | None = None
+    writer_time: np.ndarray | None = None
 
     @property
     def protocol(self) -> str:
@@ -236,7 +239,8 @@ class RunFile:
         unknown = set(fields) - set(schema.STAT_FIELDS)
         if unknown:
             raise RunFileError(f"unknown statistic {sorted(unknown)}; known: {', '.join(schema.STAT_FIELDS)}")
-        paths = [f"steps/{c}" for c in schema.STEP_COLUMNS] + [f"stats/{f}" for f in fields]
+        costs = [c for c in schema.COST_COLUMNS if f"steps/{c}" in self._f]  # validated: hard links only
+        paths = [f"steps/{c}" for c in (*schema.STEP_COLUMNS, *costs)] + [f"stats/{f}" for f in fields]
         n_main, n_tail, _ = self._table_extent(paths, schema.RECORDS_TAIL_ROW)
 
         def column(path: str, cells: slice = slice(None)) -> np.ndarray:
@@ -261,6 +265,8 @@ class RunFile:
             skipped=column("steps/skipped")[rows].astype(bool),
             stats=stats,
             attrs=self.stream_attrs(index),
+            hook_time=column("steps/hook_time")[rows].astype(np.float64) if "hook_time" in costs else None,
+            writer_time=column("steps/writer_time")[rows].astype(np.float64) if "writer_time" in costs else None,
         )
 
     @_reading("metrics")

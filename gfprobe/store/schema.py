@@ -52,6 +52,15 @@ STEP_COLUMNS: dict[str, np.dtype[np.generic]] = {
     "time": np.dtype("f8"),
     "skipped": np.dtype("u1"),
 }
+# gfprobe's own cost, next to each recorded step (docs/run-file.md, "Observation cost"). Optional:
+# files written before it existed lack the columns, and merged or copied rows may hold NaN.
+# hook_time: seconds the training thread spent inside gfprobe since the stream's previous row was
+# taken (the hooks of the steps in between included); writer_time: the writer thread's CPU seconds
+# since it stored the previous block of rows, spread evenly over this block's rows.
+COST_COLUMNS: dict[str, np.dtype[np.generic]] = {
+    "hook_time": np.dtype("f4"),
+    "writer_time": np.dtype("f4"),
+}
 METRIC_COLUMNS: dict[str, np.dtype[np.generic]] = {
     "name_id": np.dtype("i4"),
     "step": np.dtype("i8"),

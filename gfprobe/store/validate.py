@@ -130,6 +130,8 @@ def _stream_attrs(streams: h5py.Group, n_streams: int, live: bool) -> None:
 def _records(groups: Mapping[str, h5py.Group], live: bool) -> list[int]:
     """Check the row table of recorded steps; return the statistics' widths (cells per row)."""
     steps = [_column(groups["steps"], name, dtype) for name, dtype in schema.STEP_COLUMNS.items()]
+    steps += [_column(groups["steps"], path.removeprefix("steps/"), dtype) for path, dtype in _cost_columns()
+              if _get(groups["steps"], path.removeprefix("steps/"), path) is not None]
     stats = [_column(groups["stats"], field, schema.stat_dtype(field), ndim=2) for field in schema.STAT_FIELDS]
     _agree(steps + stats, "the step columns and statistics", live)
     return [ds.shape[1] for ds in stats]
@@ -143,8 +145,9 @@ def _tail(tail: Any, live: bool) -> list[int]:
     if not isinstance(tail, h5py.Group):
         raise Problem(f"damaged run file: /{schema.TAIL_GROUP} is not a group")
     widths = []
-    for row_path, columns in ((schema.RECORDS_TAIL_ROW, _record_columns()),
-                              (schema.METRICS_TAIL_ROW, _metric_columns())):
+    records = _record_columns() + [(path, dtype, 1) for path, dtype in _cost_columns()
+                                   if _get(tail, path, f"{schema.TAIL_GROUP}/{path}") is not None]
+    for row_path, columns in ((schema.RECORDS_TAIL_ROW, records), (schema.METRICS_TAIL_ROW, _metric_columns())):
         row = _column(tail, row_path, np.dtype("i8"), where=f"{schema.TAIL_GROUP}/")
         datasets = [_column(tail, path, dtype, ndim, where=f"{schema.TAIL_GROUP}/") for path, dtype, ndim in columns]
         _fixed_slots([row, *datasets])
@@ -158,6 +161,11 @@ def _tail(tail: Any, live: bool) -> list[int]:
 def _record_columns() -> list[tuple[str, np.dtype[np.generic], int]]:
     return ([(f"steps/{name}", dtype, 1) for name, dtype in schema.STEP_COLUMNS.items()]
             + [(f"stats/{field}", schema.stat_dtype(field), 2) for field in schema.STAT_FIELDS])
+
+
+def _cost_columns() -> list[tuple[str, np.dtype[np.generic]]]:
+    """The optional step columns of gfprobe's own cost (files before them lack them)."""
+    return [(f"steps/{name}", dtype) for name, dtype in schema.COST_COLUMNS.items()]
 
 
 def _metric_columns() -> list[tuple[str, np.dtype[np.generic], int]]:

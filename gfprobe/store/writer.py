@@ -67,6 +67,9 @@ class StepBlock:
     times: np.ndarray  # float64 [n], seconds since the run started
     skipped: np.ndarray  # uint8 [n]
     stats: np.ndarray  # float64 [n, len(STAT_FIELDS), P_stream]
+    # gfprobe's own seconds per row (schema.COST_COLUMNS); None: not measured (NaN in the file)
+    hook_time: np.ndarray | None = None
+    writer_time: np.ndarray | None = None
 
 
 def _encode(text: str, dtype: np.dtype[np.generic]) -> bytes:
@@ -128,6 +131,7 @@ def _set_attrs(group: h5py.Group, attrs: Mapping[str, Any], lenient: bool) -> No
 
 def _record_columns() -> list[Column]:
     steps = [Column(f"steps/{name}", dtype) for name, dtype in schema.STEP_COLUMNS.items()]
+    steps += [Column(f"steps/{name}", dtype, math.nan) for name, dtype in schema.COST_COLUMNS.items()]
     stats = [Column(f"stats/{field}", schema.stat_dtype(field), schema.stat_fill(field), wide=True)
              for field in schema.STAT_FIELDS]
     return steps + stats
@@ -235,6 +239,7 @@ class RunWriter:
         values: dict[str, np.ndarray] = {
             "steps/stream": np.full(n, block.stream), "steps/step": block.steps,
             "steps/time": block.times, "steps/skipped": block.skipped,
+            "steps/hook_time": _or_nan(block.hook_time, n), "steps/writer_time": _or_nan(block.writer_time, n),
         }
         for index, field in enumerate(schema.STAT_FIELDS):
             values[f"stats/{field}"] = block.stats[:, index, :]
@@ -335,6 +340,10 @@ def stamp_outcome(path: Path, status: str | None, end_metadata: Mapping[str, Any
             _stamp(f, status if status is not None else str(f.attrs.get("status", "unknown")), end_metadata)
     finally:
         space.release()
+
+
+def _or_nan(values: np.ndarray | None, n: int) -> np.ndarray:
+    return np.full(n, np.nan) if values is None else values
 
 
 _PARAM_ROW_BYTES = sum(np.dtype(dtype).itemsize for dtype in schema.PARAM_COLUMNS.values())
