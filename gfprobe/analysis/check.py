@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from gfprobe.analysis.check_config import Config
-from gfprobe.analysis.cost import observation_cost
+from gfprobe.analysis.cost import in_words, observation_cost
 from gfprobe.analysis.layers import MEASURE_FIELDS, weight_layer_stats
 from gfprobe.measures import egf, layer_norms
 from gfprobe.store.reader import StreamData, Unreadable, open_run, read_each
@@ -228,9 +228,7 @@ def overhead(view: _View, settings: dict[str, Any]) -> Finding:
     if cost is None:
         return Finding("overhead", "skip", "gfprobe's own time is not measured in this file (written before "
                        "gfprobe measured it, or with fewer than two recorded steps)")
-    message = (f"gfprobe's own time {cost.fraction:.1%} of the step time ({cost.hook * 1e3:.3g} ms in the "
-               f"training thread + {cost.writer * 1e3:.3g} ms writer CPU per recorded step, "
-               f"{cost.interval * 1e3:.3g} ms apart)")
+    message = f"gfprobe's own time {in_words(cost.fraction, cost.hook, cost.writer, cost.interval)}"
     limit = settings["max_fraction"]
     if cost.fraction <= limit:
         return _pass("overhead", message)

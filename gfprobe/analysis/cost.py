@@ -47,6 +47,13 @@ def observation_cost(stream: StreamData) -> ObservationCost | None:
     return ObservationCost(int(measured.sum()), float(np.median(hook[measured])),
                            float(np.median(writer[measured])), float(np.median(interval[measured])))
 
+
+def in_words(fraction: float, hook: float, writer: float, interval: float) -> str:
+    """An observation cost for people (times in seconds): what share, and of what it is made."""
+    return (f"{fraction:.1%} of the step time ({hook * 1e3:.3g} ms in the training thread + "
+            f"{writer * 1e3:.3g} ms writer CPU per recorded step, {interval * 1e3:.3g} ms apart)")
+
+
 def cost_json(cost: ObservationCost | None) -> dict[str, float | int] | None:
     """The cost as plain data (seconds per recorded step, and the fraction); None when not measured."""
     if cost is None:

@@ -205,9 +205,10 @@ class Recorder:
         return writer
 
     def _charge_writer(self) -> float:
-        """The writer thread's CPU seconds since it last charged a block: the previous blocks'
-        writes and flushes, the file's creation, metrics. Each block carries what came before it,
-        since a block's own write is done only after its rows are stored."""
+        """The writer thread's CPU seconds since it last charged a block: the previous block's
+        write and flush, metrics. Each block carries what came before it, since a block's own
+        write is done only after its rows are stored. Creating the file and a stream's columns is
+        set-up, not a per-step cost: the count starts again after it."""
         now = time.thread_time()
         spent, self._writer_cpu = now - self._writer_cpu, now
         return spent

@@ -7,6 +7,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from gfprobe.analysis.cost import in_words
 from gfprobe.render.formats import fmt, to_json
 from gfprobe.render.safe import text
 from gfprobe.store.schema import MINIBATCH
@@ -52,8 +53,7 @@ def describe_cost(cost: dict[str, Any] | None) -> str:
     """gfprobe's observation cost (``analysis.cost.cost_json``) in words."""
     if cost is None:
         return "not measured (the file predates it, or its recorder does not measure it)"
-    return (f"{cost['fraction']:.1%} of the step time ({cost['hook_s'] * 1e3:.3g} ms in the training thread "
-            f"+ {cost['writer_s'] * 1e3:.3g} ms writer CPU per recorded step, {cost['interval_s'] * 1e3:.3g} ms apart)")
+    return in_words(cost["fraction"], cost["hook_s"], cost["writer_s"], cost["interval_s"])
 
 
 def fmt_value(value: Any) -> str:
