@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import click
@@ -13,6 +14,7 @@ from gfprobe.analysis.report import build_report
 from gfprobe.cli._common import UserError, config_option, emit, handle_errors, say
 from gfprobe.errors import GfprobeError
 from gfprobe.outpath import check_writable
+from gfprobe.render.report import percent
 
 
 @click.command(context_settings={"allow_interspersed_args": False})
@@ -91,4 +93,5 @@ def _describe(path: Path) -> str:
         (run,) = build_report([path])
     except GfprobeError as exc:
         return f"wrote {path} (unreadable: {exc})"
-    return f"recorded {run.steps} steps of {run.layers} weight layers to {path} ({run.status})"
+    cost = f"; gfprobe's own time {percent(run.cost)} of the step time" if math.isfinite(run.cost) else ""
+    return f"recorded {run.steps} steps of {run.layers} weight layers to {path} ({run.status}){cost}"
