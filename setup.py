@@ -5,6 +5,8 @@ compiler gfprobe installs anyway and computes the same statistics with BLAS (thr
 each gradient instead of one; see docs/recording.md, "Cost").
 """
 
+import sys
+
 from setuptools import Extension, setup
 
 setup(
@@ -13,6 +15,8 @@ setup(
             "gfprobe.adapters._gradstats",
             sources=["gfprobe/adapters/_gradstats.c"],
             extra_compile_args=["-O3", "-std=c11", "-Wall", "-Wextra", "-Wno-psabi"],
+            # dlopen/dlsym find torch's OpenMP runtime; glibc before 2.34 keeps them in libdl.
+            libraries=["dl"] if sys.platform.startswith("linux") else [],
             optional=True,
         )
     ]
