@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench lint clean
+.PHONY: demo test bench bench-peers lint clean
 
 PLUGINS := plugins/lightning plugins/transformers plugins/jax
 
@@ -25,15 +25,28 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/mypy
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest --durations=25
 
 ## Overhead benchmark (not part of the suite: timings belong in benchmarks, not tests).
 bench: $(STAMP)
 	$(BIN)/python benchmarks/overhead.py
+
+## gfprobe against the real peers (Lightning, wandb, TensorBoard, Cockpit): their packages are an
+## extra of the benchmark, not of gfprobe, so they live in a venv of their own, .venv-peers.
+PEERS_VENV := .venv-peers
+PEERS_STAMP := $(PEERS_VENV)/.installed
+$(PEERS_STAMP): pyproject.toml setup.py constraints.txt gfprobe/adapters/_gradstats.c benchmarks/requirements-peers.txt
+	$(PYTHON) -m venv $(PEERS_VENV)
+	$(PEERS_VENV)/bin/python -m pip install -qq --upgrade pip
+	$(PEERS_VENV)/bin/python -m pip install -qq -c constraints.txt -e . -r benchmarks/requirements-peers.txt
+	touch $(PEERS_STAMP)
+
+bench-peers: $(PEERS_STAMP)
+	$(PEERS_VENV)/bin/python benchmarks/peers.py $(PEERS_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 
 clean:
-	rm -rf $(VENV) gfprobe-runs .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(PEERS_VENV) gfprobe-runs .pytest_cache .mypy_cache .ruff_cache

@@ -25,11 +25,9 @@ from __future__ import annotations
 
 import argparse
 import gc
-import hashlib
 import json
 import os
 import platform
-import statistics
 import sys
 import tempfile
 import time
@@ -38,9 +36,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-from scipy.stats import bootstrap
+from _interleave import (  # shared with peers.py
+    BATCH,
+    CLASSES,
+    DEPTH,
+    HIDDEN,
+    IN_FEATURES,
+    FlushClock,
+    build_model,
+    make_data,
+    ratio_summary,
+    settle,
+    source_fingerprint,
+    summary,
+)
 from torch import nn
 from torch.nn import functional as F
 
@@ -48,29 +58,6 @@ import gfprobe
 
 TARGET = 1.03  # the project's bar: recorded step time <= 1.03x plain
 CONTROL_TOLERANCE = 0.01  # the A/A control's median ratio further than this from 1: too noisy to quote
-SEED = 0
-BATCH = 128
-N_BATCHES = 8  # a small pool of synthetic batches, created once and cycled
-IN_FEATURES, HIDDEN, DEPTH, CLASSES = 784, 512, 4, 10
-
-
-def build_model(seed: int = SEED) -> nn.Sequential:
-    """The 4x512 MLP: 784->512, three 512->512, ReLU between, 512->10."""
-    torch.manual_seed(seed)
-    layers: list[nn.Module] = [nn.Linear(IN_FEATURES, HIDDEN)]
-    for _ in range(DEPTH - 1):
-        layers += [nn.ReLU(), nn.Linear(HIDDEN, HIDDEN)]
-    layers += [nn.ReLU(), nn.Linear(HIDDEN, CLASSES)]
-    return nn.Sequential(*layers)
-
-
-def make_data(seed: int = SEED) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    gen = torch.Generator().manual_seed(seed + 1)
-    return [
-        (torch.randn(BATCH, IN_FEATURES, generator=gen),
-         torch.randint(0, CLASSES, (BATCH,), generator=gen))
-        for _ in range(N_BATCHES)
-    ]
 
 
 def lightning_grad_norm(module: nn.Module, norm_type: float = 2.0) -> dict[str, float]:
@@ -119,71 +106,11 @@ def make_side(name: str) -> Side:
     return Side(name, model, torch.optim.Adam(model.parameters(), lr=1e-3))
 
 
-def settle(seconds: float) -> None:
-    """Optional untimed pause before a block, for helper threads that spin after their last task
-    (OpenMP, OpenBLAS) to go idle. Off by default: measured here, a 0.2 s pause made A/A block
-    ratios three times as noisy (the CPU comes back cold), and gfprobe caps its BLAS threads."""
-    if seconds > 0:
-        time.sleep(seconds)
-
-
-class FlushClock:
-    """Keeps the probe's flush timer on the recorded side's own time.
-
-    The probe flushes its rows every ``FLUSH_SECONDS`` of wall time. Interleaving spends most
-    of the wall time on the other sides, so without this the recorded side would flush several
-    times more often per step than the same loop trained alone. Before each recorded block the
-    time spent outside the recorded side's blocks is added to every stream's last flush time.
-    """
-
-    def __init__(self, probe: Any, enabled: bool) -> None:
-        self._probe = probe
-        self._enabled = enabled
-        self._left: float | None = None
-
-    def enter(self) -> None:
-        if self._enabled and self._left is not None:
-            away = time.monotonic() - self._left
-            try:
-                for stream in self._probe._streams.values():
-                    stream.last_flush += away
-            except AttributeError as exc:  # the probe's internals moved on
-                raise SystemExit(f"--flush-clock recorded no longer fits gfprobe ({exc}); "
-                                 "use --flush-clock wall") from exc
-
-    def leave(self) -> None:
-        self._left = time.monotonic()
-
-
-def source_fingerprint() -> str:
-    """A short hash of gfprobe's source files, to tell which version a result measured."""
-    digest = hashlib.sha256()
-    root = Path(gfprobe.__file__).parent
-    for path in sorted(root.rglob("*.py")):
-        digest.update(path.relative_to(root).as_posix().encode())
-        digest.update(path.read_bytes())
-    return digest.hexdigest()[:12]
-
-
 def rotated(sides: list[Side], round_index: int) -> list[Side]:
     """Round r starts with side r mod n: every side takes every position equally often and
     never follows itself, so no side is favoured by finding its state still in the CPU caches."""
     shift = round_index % len(sides)
     return sides[shift:] + sides[:shift]
-
-
-def _summary(values: list[float]) -> dict[str, float]:
-    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
-
-
-def _ratio_summary(ratios: list[float]) -> dict[str, Any]:
-    """Median of the per-round ratios with its bootstrap 95% interval, quartiles and range."""
-    values = np.asarray(ratios)
-    interval = bootstrap((values,), np.median, confidence_level=0.95, n_resamples=2000,
-                         method="percentile", random_state=0).confidence_interval
-    return {**_summary(ratios), "ci95": [float(interval.low), float(interval.high)],
-            "q1": float(np.percentile(values, 25)), "q3": float(np.percentile(values, 75)),
-            "blocks": ratios}
 
 
 def run_benchmark(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
@@ -267,7 +194,7 @@ def run_benchmark(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             "platform": platform.platform(),
             "cpu_count": os.cpu_count(),
         },
-        "ms_per_step": {name: _summary(v) for name, v in ms_per_step.items()},
+        "ms_per_step": {name: summary(v) for name, v in ms_per_step.items()},
         "block_ms_per_step": ms_per_step,
         "ratios": {},
         "file": {
@@ -278,7 +205,7 @@ def run_benchmark(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     }
     for side in sides[1:]:
         ratios = [r / p for r, p in zip(side.block_seconds, plain.block_seconds, strict=True)]
-        results["ratios"][side.name] = _ratio_summary(ratios)
+        results["ratios"][side.name] = ratio_summary(ratios)
     gf = results["ratios"]["gfprobe"]
     results["target"] = TARGET
     results["pass"] = gf["median"] <= TARGET
