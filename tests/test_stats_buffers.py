@@ -15,6 +15,7 @@ import os
 import numpy as np
 import pytest
 import torch
+from test_stats_kernels import close, reference
 
 from gfprobe.adapters import torch_stats
 from gfprobe.adapters.torch_params import TrackedParam
@@ -27,28 +28,6 @@ NATIVE = torch_stats._NATIVE
 needs_native = pytest.mark.skipif(NATIVE is None, reason="the C kernel was not built here")
 BLOCK = 4096  # _gradstats.c's BLOCK: shares are cut at multiples of it inside a tensor
 GEN = torch.Generator().manual_seed(7)
-
-
-def reference(grad: torch.Tensor | None, mask: torch.Tensor | None, numel: int) -> np.ndarray:
-    """The ten statistics in float64, the slow obvious way."""
-    out = np.zeros(len(STAT_FIELDS))
-    out[F["active"]] = int(mask.sum()) if mask is not None else numel
-    if grad is None:
-        return out
-    g = grad.detach().to_dense().double().numpy().ravel()
-    for prefix, values in (("", g), ("masked_", g if mask is None else g[mask.numpy().ravel().astype(bool)])):
-        a = np.abs(values)
-        out[F[prefix + "sumsq"]] = np.sum(a * a)
-        out[F[prefix + "sum_abs"]] = np.sum(a)
-        out[F[prefix + "max_abs"]] = np.max(a) if a.size else 0.0
-        out[F[prefix + "nonfinite"]] = np.count_nonzero(~np.isfinite(values))
-    out[F["has_grad"]] = 1
-    return out
-
-
-def close(got: np.ndarray, expected: np.ndarray) -> None:
-    # float32 gradients are summed in float32 lanes: relative error ~1e-6, checked at 1e-5.
-    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=0, equal_nan=True)
 
 
 def tracked(param: torch.Tensor, name: str) -> TrackedParam:

@@ -22,10 +22,12 @@ F = {name: i for i, name in enumerate(STAT_FIELDS)}
 AVAILABLE = [k for k in KERNELS if k == "blas" or torch_stats._NATIVE is not None]
 
 
-def reference(grad: torch.Tensor | None, mask: torch.Tensor | None) -> np.ndarray:
-    """The ten statistics in float64, the slow obvious way."""
+def reference(grad: torch.Tensor | None, mask: torch.Tensor | None, numel: int | None = None) -> np.ndarray:
+    """The ten statistics in float64, the slow obvious way. ``numel``: the parameter's size, its
+    active count when it has no mask (by default the gradient's size, 0 without one)."""
     out = np.zeros(len(STAT_FIELDS))
-    out[F["active"]] = mask.sum().item() if mask is not None else (grad.numel() if grad is not None else 0)
+    size = numel if numel is not None else grad.numel() if grad is not None else 0
+    out[F["active"]] = mask.sum().item() if mask is not None else size
     if grad is None:
         return out
     g = grad.detach().to_dense().double().numpy().ravel()
