@@ -277,7 +277,10 @@ def test_sighup_and_sigterm_to_gfprobe_are_passed_on_and_stamp_interrupted(
             train_pid = wait_for_pid(pid_file, proc)
             wait_until(lambda: read_int(steps_file) >= 3, 120, "three training steps", proc)
             os.kill(proc.pid, signum)
-            _, err = proc.communicate(timeout=120)
+            try:
+                _, err = proc.communicate(timeout=120)
+            except subprocess.TimeoutExpired:  # seen twice in CI, never here: say what state it was in
+                pytest.fail(f"gfprobe ran on for 120 s after {signum.name}: {signal_states(proc.pid, train_pid)}")
             wait_until(lambda: not running(train_pid), 60, "the training to end")
         finally:
             kill_if_running(train_pid)
@@ -287,6 +290,21 @@ def test_sighup_and_sigterm_to_gfprobe_are_passed_on_and_stamp_interrupted(
     steps = recorded_steps(out)
     assert steps is not None and len(steps) >= 3, f"the 3+ steps taken before {signum.name} were not kept: {steps}"
     assert steps == list(range(len(steps)))
+
+
+def signal_states(*pids: int | None) -> str:
+    """Each process's state and its blocked, ignored and caught signals (from /proc), and this
+    process's own SIGHUP/SIGTERM handlers, which the processes it starts inherit if ignored."""
+    states = [f"pytest SIGHUP={signal.getsignal(signal.SIGHUP)} SIGTERM={signal.getsignal(signal.SIGTERM)}"]
+    for pid in pids:
+        try:
+            lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+        except (OSError, TypeError):
+            states.append(f"{pid}: gone")
+            continue
+        fields = [line for line in lines if line.split(":")[0] in ("State", "SigBlk", "SigIgn", "SigCgt", "Threads")]
+        states.append(f"{pid}: {'; '.join(' '.join(f.split()) for f in fields)}")
+    return " | ".join(states)
 
 
 def test_bug_a_signal_before_the_command_existed_could_be_lost() -> None:
