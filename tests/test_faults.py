@@ -271,8 +271,10 @@ def test_sighup_and_sigterm_to_gfprobe_are_passed_on_and_stamp_interrupted(
         tmp_path: Path, signum: signal.Signals) -> None:
     out, pid_file, steps_file = tmp_path / "run.h5", tmp_path / "pid", tmp_path / "steps"
     train_pid = None
-    with recording("--out", str(out), "--", PY, FAULTY, "--forever", "--sleep", "0.05",
-                   "--pid-file", str(pid_file), "--steps-file", str(steps_file)) as proc:
+    # gfprobe keeps a signal it was started ignoring ignored (`nohup gfprobe record` survives a
+    # hang-up), and a test suite run under nohup starts it so: this test wants the default.
+    with default_disposition(signum), recording("--out", str(out), "--", PY, FAULTY, "--forever", "--sleep", "0.05",
+                                                "--pid-file", str(pid_file), "--steps-file", str(steps_file)) as proc:
         try:
             train_pid = wait_for_pid(pid_file, proc)
             wait_until(lambda: read_int(steps_file) >= 3, 120, "three training steps", proc)
@@ -290,6 +292,16 @@ def test_sighup_and_sigterm_to_gfprobe_are_passed_on_and_stamp_interrupted(
     steps = recorded_steps(out)
     assert steps is not None and len(steps) >= 3, f"the 3+ steps taken before {signum.name} were not kept: {steps}"
     assert steps == list(range(len(steps)))
+
+
+@contextlib.contextmanager
+def default_disposition(signum: int) -> Iterator[None]:
+    """``signum`` at its default action in this process (and so in the processes it starts)."""
+    previous = signal.signal(signum, signal.SIG_DFL)
+    try:
+        yield
+    finally:
+        signal.signal(signum, previous)
 
 
 def signal_states(*pids: int | None) -> str:
