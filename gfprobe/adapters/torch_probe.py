@@ -231,7 +231,7 @@ class Probe:
                 grads: list[torch.Tensor | None] | None = None) -> None:
         """``grads``: the gradients in the optimizer's parameter order, when they are not (yet)
         the parameters' ``.grad`` attributes, as inside compiled code."""
-        if not self._active or os.getpid() != self._recorder.pid:
+        if not self.recording:
             return  # closed, or a forked child (e.g. a DataLoader worker) inherited the hook
         started = time.perf_counter()
         try:
