@@ -476,7 +476,7 @@ def test_bug_a_small_file_claiming_huge_extents_ran_out_of_memory(bases: dict[st
 def test_a_read_that_runs_out_of_memory_names_the_file(bases: dict[str, Path],
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     """The last resort, for a file too large for the machine: one line, not a traceback."""
-    from gfprobe.store import reader
+    from gfprobe.store import reader, snapshot
 
     def no_memory(*_: object, **__: object) -> Any:
         raise MemoryError("Unable to allocate 9.00 TiB")
@@ -484,7 +484,7 @@ def test_a_read_that_runs_out_of_memory_names_the_file(bases: dict[str, Path],
     path = bases["recorded"]
     with open_run(path) as run, pytest.raises(RunFileError, match=re.escape(f"{path}: not enough memory to read "
                                                                              "its statistics (Unable to allocate")):
-        monkeypatch.setattr(reader.RunFile, "_rows", no_memory)
+        monkeypatch.setattr(snapshot.TableView, "column", no_memory)
         run.stream(0)
     monkeypatch.setattr(reader, "validate", no_memory)
     result = invoke(["report", path], named=path)

@@ -3,6 +3,8 @@ the run writes, after a kill, and after a clean close."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import h5py
@@ -91,6 +93,53 @@ def test_rows_are_readable_while_the_run_writes(tmp_path: Path) -> None:
         assert (f[schema.TAIL_GROUP][schema.RECORDS_TAIL_ROW][:] == -1).all()  # no row left in the tail
         assert f["steps/step"].shape[0] == total
     assert_reads_back(path, total, range(0, 10, 5))
+
+
+# A writer in a process of its own, as `gfprobe record` is to a reader: HDF5 shares one open
+# file's state between the handles of one process, which would hide what a reader sees.
+LIVE_WRITER = """
+import sys
+from pathlib import Path
+sys.path.insert(0, sys.argv[2])
+from test_store import block, PARAMS
+from gfprobe.store.writer import RunWriter
+writer = RunWriter(Path(sys.argv[1]), {"command": ["test"]}, {})
+writer.add_stream("SGD", PARAMS)
+writer.flush()
+print("ready", flush=True)
+first = 0
+for line in sys.stdin:
+    writer.append_steps(block(0, first, int(line)))
+    first += int(line)
+    writer.flush()
+    print(first, flush=True)
+writer.close("complete", {})
+"""
+
+
+def test_a_reader_opened_before_rows_arrive_reads_them_right(tmp_path: Path) -> None:
+    """Regression: a run opened (and so validated) before the writer flushed its rows read those rows
+    as all zeros: their row index was read fresh, the cells through metadata from before the flush.
+    Rows in the tail, more of them, and rows moved into a whole chunk meanwhile."""
+    path = tmp_path / "live.h5"
+    writer = subprocess.Popen([sys.executable, "-c", LIVE_WRITER, str(path), str(Path(__file__).parent)],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert writer.stdin is not None and writer.stdout is not None
+    try:
+        assert writer.stdout.readline().strip() == "ready"
+        for rows in (9, 5, schema.ROW_CHUNK + 3):
+            with open_run(path) as run:
+                writer.stdin.write(f"{rows}\n")
+                writer.stdin.flush()
+                total = int(writer.stdout.readline())
+                data = run.stream(0)
+            assert data.steps.tolist() == list(range(total))
+            expected = block(0, 0, total).stats
+            for index, field in enumerate(schema.STAT_FIELDS):
+                np.testing.assert_array_equal(data.stats[field], expected[:, index, :].astype(schema.stat_dtype(field)))
+    finally:
+        writer.stdin.close()
+        assert writer.wait(timeout=60) == 0
 
 
 def test_stale_tail_slots_are_ignored(tmp_path: Path) -> None:

@@ -25,6 +25,7 @@ import numpy as np
 
 from gfprobe.errors import RunFileError
 from gfprobe.store import schema
+from gfprobe.store.snapshot import read_table
 from gfprobe.store.validate import Layout, Problem, plain_attr, short_error, validate
 
 P = ParamSpec("P")
@@ -145,34 +146,7 @@ class RunFile:
     @_reading("recorded steps")
     def n_records(self) -> int:
         """Recorded steps of all streams, the rows still in the tail of a running file included."""
-        return self._table_extent([f"steps/{c}" for c in schema.STEP_COLUMNS], schema.RECORDS_TAIL_ROW)[2]
-
-    def _table_extent(self, paths: list[str], tail_row: str) -> tuple[int, int, int]:
-        """(rows in the compressed datasets, tail slots that continue them, total) of a table.
-
-        A SWMR reader may see one column extended before its neighbours: trust the shortest.
-        Tail slots count only where their row index continues the compressed rows (see
-        store/table.py), so a reader that catches a flush half done sees fewer rows, never wrong ones.
-        """
-        n_main = min(self._f[path].shape[0] for path in paths)
-        tail = self._f.get(schema.TAIL_GROUP)
-        if tail is None or tail_row not in tail:
-            return n_main, 0, n_main
-        rows = tail[tail_row][:]
-        continues = rows == n_main + np.arange(len(rows))
-        n_tail = len(rows) if continues.all() else int(np.argmin(continues))
-        n_tail = min([n_tail, *(tail[path].shape[0] for path in paths)])
-        return n_main, n_tail, n_main + n_tail
-
-    def _rows(self, path: str, n_main: int, n_tail: int, cells: slice = slice(None)) -> np.ndarray:
-        """Rows of one column (cells ``cells`` of a wide one): compressed rows, then the tail's."""
-        main = self._f[path]
-        first = main[:n_main, cells] if main.ndim == 2 else main[:n_main]
-        if not n_tail:
-            return np.asarray(first)
-        tail = self._f[schema.TAIL_GROUP][path]
-        rest = tail[:n_tail, cells] if tail.ndim == 2 else tail[:n_tail]
-        return np.concatenate([first, rest])
+        return read_table(self._f, [f"steps/{c}" for c in schema.STEP_COLUMNS], schema.RECORDS_TAIL_ROW).rows
 
     @_reading("optimizer streams")
     def stream_names(self) -> list[str]:
@@ -241,10 +215,10 @@ class RunFile:
             raise RunFileError(f"unknown statistic {sorted(unknown)}; known: {', '.join(schema.STAT_FIELDS)}")
         costs = [c for c in schema.COST_COLUMNS if f"steps/{c}" in self._f]  # validated: hard links only
         paths = [f"steps/{c}" for c in (*schema.STEP_COLUMNS, *costs)] + [f"stats/{f}" for f in fields]
-        n_main, n_tail, _ = self._table_extent(paths, schema.RECORDS_TAIL_ROW)
+        table = read_table(self._f, paths, schema.RECORDS_TAIL_ROW)
 
         def column(path: str, cells: slice = slice(None)) -> np.ndarray:
-            return self._rows(path, n_main, n_tail, cells)
+            return table.column(self._f, path, cells)
 
         rows = np.flatnonzero(column("steps/stream") == index)
         cols = self._stream_columns(index)
@@ -273,8 +247,8 @@ class RunFile:
     def metrics(self) -> dict[str, Metric]:
         names = _text(self._f["metrics"]["names"][:])
         paths = [f"metrics/{c}" for c in schema.METRIC_COLUMNS]
-        n_main, n_tail, _ = self._table_extent(paths, schema.METRICS_TAIL_ROW)
-        columns = {c: self._rows(f"metrics/{c}", n_main, n_tail) for c in schema.METRIC_COLUMNS}
+        table = read_table(self._f, paths, schema.METRICS_TAIL_ROW)
+        columns = {c: table.column(self._f, f"metrics/{c}") for c in schema.METRIC_COLUMNS}
         out: dict[str, Metric] = {}
         for i, name in enumerate(names):
             sel = columns["name_id"] == i

@@ -152,9 +152,8 @@ class GrowingTable:
     def _write_tail(self, pending: Mapping[str, np.ndarray]) -> None:
         """Fill tail slots, in the order a reader can follow: a slot about to be refilled is marked
         unused first, its new cells reach the file, and only then its row index. HDF5 writes the
-        dirty chunks of different datasets in no set order, so each step is flushed: without
-        that a reader was seen to take slots whose index had arrived but whose cells had not
-        (every step read as 0)."""
+        dirty chunks of different datasets in no set order, so each step is flushed. A reader
+        must also read in this order, each dataset refreshed: see store/snapshot.py."""
         start, stop = self._tail_written, self._n_pending
         if stop > start:
             if self._tail_used > start:  # slots that still name rows now in the compressed datasets
