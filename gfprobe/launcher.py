@@ -39,6 +39,8 @@ from gfprobe.store.writer import stamp_outcome
 
 BOOTSTRAP_DIR = Path(__file__).resolve().parent / "bootstrap"
 DEFAULT_DIR = Path("gfprobe-runs")
+STAMP_LOCK_WAIT_SECONDS = 10.0  # how long the exit code's stamp waits for readers to close the file
+STAMP_LOCK_POLL_SECONDS = 0.1
 
 
 class CommandNotFound(GfprobeError):
@@ -234,10 +236,24 @@ def _stamp_exit_code(paths: list[Path], exit_code: int) -> list[str]:
             status = _status(path)
             if status == "running":
                 continue  # its writer was killed: the file stays as it was left (readable to its last flush)
-            stamp_outcome(path, "failed" if exit_code and status == "complete" else None, {"exit_code": exit_code})
+            _stamp_when_unlocked(path, "failed" if exit_code and status == "complete" else None, exit_code)
         except Exception as exc:  # the command's result matters more than this attribute
             notes.append(f"could not stamp the exit code into {path}: {exc}")
     return notes
+
+
+def _stamp_when_unlocked(path: Path, status: str | None, exit_code: int) -> None:
+    """Stamp, waiting a little while a reader holds the file: a plain read-only open (``gfprobe
+    report`` on the run just as it finished) holds HDF5's file lock, which the stamp's write open
+    needs, and a reader lets go within moments."""
+    deadline = time.monotonic() + STAMP_LOCK_WAIT_SECONDS
+    while True:
+        try:
+            return stamp_outcome(path, status, {"exit_code": exit_code})
+        except OSError as exc:
+            if "lock" not in str(exc) or time.monotonic() > deadline:
+                raise
+        time.sleep(STAMP_LOCK_POLL_SECONDS)
 
 
 def _status(path: Path) -> str:

@@ -494,6 +494,47 @@ def test_exit_status_and_exit_code_are_stamped(tmp_path: Path, reference_stdout:
     assert temp_files(tmp_path) == []
 
 
+READ_HOLDER = """
+import sys, h5py
+with h5py.File(sys.argv[1], "r"):  # a plain read-only open holds HDF5's file lock until closed
+    print("open", flush=True)
+    sys.stdin.readline()
+print("closed", flush=True)
+"""
+
+
+def test_the_exit_code_is_stamped_while_a_reader_holds_the_finished_file(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """Regression: a reader of the run just as the command ended (``gfprobe report`` in a loop) held
+    the file lock, so the exit code was never stamped and a failed command's run stayed complete."""
+    out = tmp_path / "run.h5"
+    RunWriter(out, {"command": ["test"]}, {}).close("complete", {})
+    holder = subprocess.Popen([PY, "-c", READ_HOLDER, str(out)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    stdin, stdout = holder.stdin, holder.stdout
+    assert stdin is not None and stdout is not None
+    waits: list[float] = []
+
+    def reader_closes_while_the_stamp_waits(seconds: float) -> None:
+        if not waits:  # the first wait proves the stamp met the lock; the reader then lets go
+            stdin.write("\n")
+            stdin.flush()
+            assert stdout.readline() == "closed\n"
+        waits.append(seconds)
+
+    try:
+        assert stdout.readline() == "open\n"
+        monkeypatch.setattr(launcher.time, "sleep", reader_closes_while_the_stamp_waits)
+        notes = launcher._stamp_exit_code([out], 3)
+    finally:
+        monkeypatch.undo()
+        holder.kill()
+        holder.wait(timeout=60)
+    assert notes == []
+    assert waits, "the stamp never met the reader's lock: this test proves nothing"
+    assert (attrs_of(out)["status"], attrs_of(out)["exit_code"]) == ("failed", 3)
+
+
 # -- E, H. a run file being written is never replaced ------------------------------------------
 @pytest.mark.slow
 def test_force_refuses_a_run_file_being_written(tmp_path: Path, reference_stdout: str) -> None:
