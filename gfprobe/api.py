@@ -29,6 +29,8 @@ from gfprobe.analysis.check_config import Config, load_config
 from gfprobe.analysis.correlation import Correlation
 from gfprobe.analysis.correlation import correlate as _correlate
 from gfprobe.analysis.cost import ObservationCost, observation_cost
+from gfprobe.analysis.diff import DiffResult, diff_runs
+from gfprobe.analysis.diff_config import load_config as load_diff_config
 from gfprobe.analysis.layers import weight_layer_stats
 from gfprobe.analysis.measure_set import compute_series
 from gfprobe.analysis.report import LayerSummary, RunSummary, build_report
@@ -219,6 +221,20 @@ def check(paths: str | Path | Sequence[str | Path], config: Config | None = None
     ['amp_skips', 'dead', 'exploding']
     """
     return check_runs(find_runs(paths), config if config is not None else load_config()[0], stream)
+
+
+def diff(base: str | Path, new: str | Path, config: Config | None = None, stream: int = 0) -> DiffResult:
+    """Compare run NEW with run BASE (or two folders of runs matched by run id) as ``gfprobe diff``
+    does: ``result.passed``, and per pair the rules' findings and the layers, measures and metrics
+    that differ. ``config`` defaults to the ``[tool.gfprobe.diff]`` table of the nearest
+    ``pyproject.toml``, else the defaults (see docs/diff.md).
+
+    >>> result = diff("fixtures/runs/dense.h5", "fixtures/runs/dense.h5")
+    >>> result.passed, [finding.status for finding in result.pairs[0].findings][:2]
+    (True, ['pass', 'pass'])
+    """
+    chosen = config if config is not None else load_diff_config()[0]
+    return diff_runs(Path(base), Path(new), chosen, stream)
 
 
 def _pandas() -> Any:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +56,19 @@ DESCRIPTIONS = {
 Config = dict[str, dict[str, Any]]
 
 
+@dataclass(frozen=True)
+class Section:
+    """A table of ``[tool.gfprobe]`` whose rules this module reads: ``check``'s, or ``diff``'s
+    (``analysis/diff_config.py``). Both live in the same file, so they are found and validated alike."""
+
+    name: str
+    defaults: Config
+    example: str  # one rule's table, for messages
+
+
+CHECK = Section("check", DEFAULTS, "vanishing = { threshold = 1e-9 }")
+
+
 def find_pyproject(start: Path) -> Path | None:
     """The nearest pyproject.toml at or above ``start``."""
     for folder in (start, *start.parents):
@@ -64,53 +78,55 @@ def find_pyproject(start: Path) -> Path | None:
     return None
 
 
-def load_config(path: Path | None = None, cwd: Path | None = None) -> tuple[Config, Path | None]:
+def load_config(path: Path | None = None, cwd: Path | None = None,
+                section: Section = CHECK) -> tuple[Config, Path | None]:
     """The rules' settings (defaults merged with the file's) and the file they came from."""
     source = path if path is not None else find_pyproject((cwd or Path.cwd()).resolve())
     if source is None:
-        return validate({}), None
+        return validate({}, section=section), None
     document = read_toml(source, f"--config {source}" if path is not None else str(source))
-    table = _check_table(document, str(source))
+    table = _check_table(document, str(source), section)
     if table is None:
         table = {} if path is None else document  # a pyproject without the table: the defaults
-    return validate(table, str(source)), source
+    return validate(table, str(source), section), source
 
 
-def _check_table(document: Mapping[str, Any], source: str) -> Mapping[str, Any] | None:
-    """``[tool.gfprobe.check]`` of a document, None when absent; an error when a level is not a table."""
+def _check_table(document: Mapping[str, Any], source: str, section: Section = CHECK) -> Mapping[str, Any] | None:
+    """``[tool.gfprobe.<section>]`` of a document, None when absent; an error when a level is not a table."""
     node: Any = document
-    for depth, key in enumerate(("tool", "gfprobe", "check"), start=1):
+    keys = ("tool", "gfprobe", section.name)
+    for depth, key in enumerate(keys, start=1):
         node = node.get(key)
         if node is None:
             return None
         if not isinstance(node, Mapping):
-            name = ".".join(("tool", "gfprobe", "check")[:depth])
+            name = ".".join(keys[:depth])
             raise ConfigError(f"{source}: {name} must be a table, got {type(node).__name__} {short(node)}; "
-                              "write the settings as [tool.gfprobe.check] with one table per rule, e.g. "
-                              "vanishing = { threshold = 1e-9 }")
+                              f"write the settings as [tool.gfprobe.{section.name}] with one table per rule, e.g. "
+                              f"{section.example}")
     table: Mapping[str, Any] = node
     return table
 
 
-def validate(table: Mapping[str, Any], source: str = "configuration") -> Config:
-    """Merge a check table into the defaults, refusing unknown rules, keys and wrong types."""
-    config = {rule: dict(settings) for rule, settings in DEFAULTS.items()}
+def validate(table: Mapping[str, Any], source: str = "configuration", section: Section = CHECK) -> Config:
+    """Merge a check (or diff) table into the defaults, refusing unknown rules, keys and wrong types."""
+    defaults = section.defaults
+    config = {rule: dict(settings) for rule, settings in defaults.items()}
     for rule, settings in table.items():
-        if rule not in DEFAULTS:
-            raise ConfigError(f"{source}: unknown check rule {rule!r}{did_you_mean(rule, RULES)}; "
-                              f"rules: {', '.join(RULES)}")
+        if rule not in defaults:
+            raise ConfigError(f"{source}: unknown {section.name} rule {rule!r}{did_you_mean(rule, defaults)}; "
+                              f"rules: {', '.join(defaults)}")
         if not isinstance(settings, Mapping):
             raise ConfigError(f"{source}: rule {rule} must be a table, e.g. {rule} = {{ enabled = false }}")
         for key, value in settings.items():
-            if key not in DEFAULTS[rule]:
-                raise ConfigError(f"{source}: rule {rule} has no setting {key!r}{did_you_mean(key, DEFAULTS[rule])}; "
-                                  f"its settings: {', '.join(DEFAULTS[rule])}")
-            config[rule][key] = _typed(source, rule, key, value)
+            if key not in defaults[rule]:
+                raise ConfigError(f"{source}: rule {rule} has no setting {key!r}{did_you_mean(key, defaults[rule])}; "
+                                  f"its settings: {', '.join(defaults[rule])}")
+            config[rule][key] = _typed(source, rule, key, value, defaults[rule][key])
     return config
 
 
-def _typed(source: str, rule: str, key: str, value: Any) -> Any:
-    default = DEFAULTS[rule][key]
+def _typed(source: str, rule: str, key: str, value: Any, default: Any) -> Any:
     where = f"{source}: {rule}.{key} = {short(value)}"
     if isinstance(default, bool):
         if not isinstance(value, bool):

@@ -8,6 +8,7 @@ from gfprobe import __version__
 from gfprobe.cli._common import plugin_commands
 from gfprobe.cli.check import check
 from gfprobe.cli.demo import demo
+from gfprobe.cli.diff import diff
 from gfprobe.cli.inspect import inspect
 from gfprobe.cli.merge import merge
 from gfprobe.cli.plot import plot
@@ -46,5 +47,5 @@ def main() -> None:
     run into an HDF5 file, then report Effective Gradient Flow and the standard norms."""
 
 
-for command in (record, report, inspect, merge, check, plot, demo, scsdc, plugins):
+for command in (record, report, inspect, merge, check, diff, plot, demo, scsdc, plugins):
     main.add_command(command)

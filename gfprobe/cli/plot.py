@@ -9,7 +9,7 @@ from typing import Any
 import click
 
 from gfprobe.analysis.scsdc import TESTS
-from gfprobe.cli._common import handle_errors, listing, progress, say
+from gfprobe.cli._common import UserError, handle_errors, listing, progress, say
 from gfprobe.measures import MEASURES
 from gfprobe.outpath import check_writable
 from gfprobe.render import plots
@@ -23,7 +23,8 @@ from gfprobe.store.reader import Unreadable, read_each
               help="Image file to write: .png or .svg.")
 @click.option("--kind", type=click.Choice(plots.KINDS), default="layers", show_default=True,
               help="layers: per-layer gradient flow over training; measures: the measures over training; "
-                   "scatter: a measure against a metric across runs; scsdc: sparse against dense runs.")
+                   "scatter: a measure against a metric across runs; scsdc: sparse against dense runs; "
+                   "diff: RUNS = BASE NEW (two runs or two folders), their layer norms overlaid.")
 @click.option("--measure", "measures", multiple=True, type=click.Choice(MEASURES),
               help="Measure(s) for --kind scatter or measures. Repeatable.")
 @click.option("--metric", default="test_acc", show_default=True, help="Metric for --kind scatter and scsdc.")
@@ -34,6 +35,9 @@ def plot(runs: tuple[Path, ...], out: Path, kind: str, measures: tuple[str, ...]
     """Draw RUNS as a figure good enough for a paper (matplotlib: pip install 'gfprobe[plot]')."""
     plots.check_out(out)
     check_writable(out, "--out")  # before reading: a long read must not end in a failed write
+    if kind == "diff":
+        _plot_diff(runs, out)
+        return
     paths = find_runs(runs)
     with progress(len(paths)) as on_file:
         data, unreadable = _read(kind, paths, on_file)
@@ -65,3 +69,23 @@ def _draw(kind: str, data: list[Any], out: Path, measures: tuple[str, ...], metr
     from gfprobe.analysis.scsdc import compare
 
     return plots.plot_scsdc(compare(data, metric, test), out, metric)
+
+
+def _plot_diff(runs: tuple[Path, ...], out: Path) -> None:
+    """``--kind diff``: BASE and NEW, two runs or two folders matched by run id as ``gfprobe diff``
+    matches them, with the layers tolerance of its configuration ([tool.gfprobe.diff])."""
+    from gfprobe.analysis.diff import pair_runs
+    from gfprobe.analysis.diff_config import load_config
+    from gfprobe.analysis.series import read_series
+
+    if len(runs) != 2:
+        raise UserError(f"--kind diff draws two runs (or two folders) against each other: BASE NEW; got {len(runs)}")
+    config, _ = load_config()
+    pairing = pair_runs(*runs)
+    series, unreadable = read_each([path for _, base, new in pairing.pairs for path in (base, new)], read_series)
+    bad = {item.path for item in unreadable}
+    found = {s.path: s for s in series}
+    pairs = [(run_id, found[b], found[n]) for run_id, b, n in pairing.pairs if str(b) not in bad and str(n) not in bad]
+    with listing(unreadable):
+        if pairs:
+            say(f"wrote {plots.plot_diff(pairs, out, config['layers']['rtol'])}")

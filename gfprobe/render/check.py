@@ -64,23 +64,28 @@ def _property(value: str) -> str:
     return _escape(value).replace(":", "%3A").replace(",", "%2C")
 
 
-def render_github(checks: Sequence[RunCheck]) -> str:
-    """One ``::error`` annotation per failing rule, one ``::notice`` per run that passes."""
+def render_github(checks: Sequence[RunCheck], command: str = "check",
+                  passed: str = "all gradient-health rules pass") -> str:
+    """One ``::error`` annotation per failing rule, one ``::notice`` per run that passes
+    (``command``: the gfprobe command the titles name, ``check`` or ``diff``)."""
     lines = []
     for check in checks:
         failures = [f for f in check.findings if f.status == "fail"]
-        for f in failures:
-            lines.append(f"::error file={_property(check.path)},title={_property(f'gfprobe check {f.rule}')}::"
-                         f"{_escape(f.message)}")
+        lines += [annotation("error", check.path, f"gfprobe {command} {f.rule}", f.message) for f in failures]
         if not failures:
-            lines.append(f"::notice file={_property(check.path)},title=gfprobe check::all gradient-health rules pass")
+            lines.append(annotation("notice", check.path, f"gfprobe {command}", passed))
     return "\n".join(lines) + "\n"
 
 
-def write_junit(checks: Sequence[RunCheck], path: Path) -> None:
+def annotation(level: str, path: str, title: str, message: str) -> str:
+    """One workflow command (``::error``, ``::notice``) about ``path``, escaped by GitHub's rules."""
+    return f"::{level} file={_property(path)},title={_property(title)}::{_escape(message)}"
+
+
+def write_junit(checks: Sequence[RunCheck], path: Path, command: str = "check") -> None:
     """A JUnit XML report: a test suite per run, a test case per rule. Text is made printable:
     ElementTree writes control characters as they are, which XML 1.0 does not allow."""
-    suites = ET.Element("testsuites", name="gfprobe check", tests=str(sum(len(c.findings) for c in checks)),
+    suites = ET.Element("testsuites", name=f"gfprobe {command}", tests=str(sum(len(c.findings) for c in checks)),
                         failures=str(sum(f.status == "fail" for c in checks for f in c.findings)))
     for check in checks:
         suite = ET.SubElement(suites, "testsuite", name=printable(check.path), tests=str(len(check.findings)),
@@ -88,7 +93,7 @@ def write_junit(checks: Sequence[RunCheck], path: Path) -> None:
                               skipped=str(sum(f.status == "skip" for f in check.findings)))
         for finding in check.findings:
             rule, message = printable(finding.rule), printable(finding.message)
-            case = ET.SubElement(suite, "testcase", classname="gfprobe.check", name=rule)
+            case = ET.SubElement(suite, "testcase", classname=f"gfprobe.{command}", name=rule)
             if finding.status == "fail":
                 failure = ET.SubElement(case, "failure", message=message, type=rule)
                 failure.text = message

@@ -1,6 +1,6 @@
 """Figures, with matplotlib (an optional extra: ``pip install 'gfprobe[plot]'``).
 
-Four kinds, each a function from analysis results to an image file (PNG or SVG, by suffix):
+Five kinds, each a function from analysis results to an image file (PNG or SVG, by suffix):
 
 * ``layers``: each weight layer's effective gradient norm ‖g ⊙ m‖₂ over training, log scale,
   one line per layer, one panel per run;
@@ -9,7 +9,9 @@ Four kinds, each a function from analysis results to an image file (PNG or SVG, 
 * ``scatter``: a measure's run summary against a metric across runs, sparse and dense marked
   apart, Kendall's τ of each group in the title;
 * ``scsdc``: the metric of sparse and capacity-matched dense runs side by side, mean ± std over
-  seeds, one panel per setting.
+  seeds, one panel per setting;
+* ``diff``: two runs' per-layer ‖g ⊙ m‖₂ overlaid (BASE solid, NEW dashed), and NEW/BASE per layer
+  at the steps both recorded, with ``gfprobe diff``'s tolerance band; a row per pair of runs.
 """
 
 from __future__ import annotations
@@ -31,10 +33,11 @@ from gfprobe.render.formats import order_key
 from gfprobe.render.safe import visible
 from gfprobe.summary import describe_runs
 
-KINDS = ("layers", "measures", "scatter", "scsdc")
+KINDS = ("layers", "measures", "scatter", "scsdc", "diff")
 FORMATS = (".png", ".svg")
 COLOURS = {"sparse": "#d62728", "dense": "#1f77b4", None: "#555555"}
 MAX_PANELS = 12
+MAX_DIFF_PAIRS = 6  # rows of two panels each
 
 
 def _pyplot() -> Any:
@@ -51,10 +54,10 @@ def _pyplot() -> Any:
     return plt
 
 
-def check_out(out: Path) -> None:
+def check_out(out: Path, what: str = "--out") -> None:
     """Refuse an image type other than .png or .svg, before any run is read."""
     if out.suffix.lower() not in FORMATS:
-        raise ConfigError(f"--out {out}: unsupported image type {out.suffix or '(none)'!r}; use .png or .svg")
+        raise ConfigError(f"{what} {out}: unsupported image type {out.suffix or '(none)'!r}; use .png or .svg")
 
 
 def _save(fig: Any, out: Path) -> Path:
@@ -248,3 +251,61 @@ def plot_scsdc(comparisons: Sequence[Comparison], out: Path, metric: str = "test
     fig.suptitle(f"SC-SDC: sparse vs capacity-matched dense ({shown_note}* one-sided p ≤ 0.05)", x=0.01,
                  ha="left", fontsize=9)
     return _save(fig, out)
+
+
+def plot_diff(pairs: Sequence[tuple[str, RunSeries, RunSeries]], out: Path, rtol: float | None = None) -> Path:
+    """Per pair (run id, BASE, NEW), a row: both runs' layer norms overlaid, one colour per layer;
+    and NEW/BASE per layer at the steps both recorded, with the band ``gfprobe diff`` tolerates."""
+    if not pairs:
+        raise ConfigError("nothing to plot: no pair of runs")
+    shown = list(pairs[:MAX_DIFF_PAIRS])
+    fig, axes = _pyplot().subplots(len(shown), 2, figsize=(8.8, 3.0 * len(shown)), squeeze=False,
+                                   constrained_layout=True)
+    for (left, right), (run_id, base, new) in zip(axes, shown, strict=True):
+        colours = {name: f"C{k % 10}" for k, name in enumerate(dict.fromkeys([*base.layers, *new.layers]))}
+        _overlay(left, base, new, colours)
+        left.set_title(f"{_plain(run_id)}: BASE solid, NEW dashed", loc="left")
+        _ratios(right, base, new, colours, rtol)
+    if len(pairs) > MAX_DIFF_PAIRS:
+        fig.suptitle(f"first {MAX_DIFF_PAIRS} of {len(pairs)} pairs of runs", x=0.01, ha="left")
+    return _save(fig, out)
+
+
+def _overlay(ax: Any, base: RunSeries, new: RunSeries, colours: dict[str, str]) -> None:
+    for run, style in ((base, "-"), (new, "--")):
+        for j, name in enumerate(run.layers):
+            values = np.where(run.layer_l2[:, j] > 0, run.layer_l2[:, j], np.nan)
+            first = style == "-" or name not in base.layers  # one legend entry per layer
+            ax.plot(run.steps, values, ls=style, lw=1.3 if style == "-" else 1.0, color=colours[name],
+                    label=_plain(name) if first else None)
+    if (np.concatenate([base.layer_l2.ravel(), new.layer_l2.ravel()]) > 0).any():
+        _log_axis(ax)
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("‖g ⊙ m‖₂ per weight layer")
+    ax.legend(loc="best", ncol=1 if len(colours) <= 6 else 2)
+
+
+def _ratios(ax: Any, base: RunSeries, new: RunSeries, colours: dict[str, str], rtol: float | None) -> None:
+    common, base_rows, new_rows = np.intersect1d(base.steps, new.steps, return_indices=True)
+    drawn: list[np.ndarray] = []
+    for j, name in enumerate(base.layers):
+        if name not in new.layers:
+            continue
+        b, n = base.layer_l2[base_rows, j], new.layer_l2[new_rows, new.layers.index(name)]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ratio = np.where(b == n, 1.0, n / b)
+        ratio = np.where(np.isfinite(ratio) & (ratio > 0), ratio, np.nan)  # a log axis shows no 0 or inf
+        ax.plot(common, ratio, lw=1.2, color=colours[name])
+        drawn.append(ratio[np.isfinite(ratio)])
+    if rtol is not None:
+        ax.axhspan(1 / (1 + rtol), 1 + rtol, color="#999999", alpha=0.3, lw=0, label=f"tolerance (rtol {rtol:g})")
+        ax.legend(loc="best")
+    ax.axhline(1.0, color="#555555", lw=0.6)
+    shown = np.concatenate([np.ones(1), *drawn])
+    if len(shown) == 1:
+        ax.text(0.5, 0.5, "no common step or layer", transform=ax.transAxes, ha="center")
+    elif shown.max() / shown.min() > 4:  # a factor of 10 reads best on a log axis, 1% on a linear one
+        _log_axis(ax)
+    ax.set_title(f"NEW / BASE at the {len(common)} common steps", loc="left")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("ratio of ‖g ⊙ m‖₂")
