@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import subprocess
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -79,6 +81,24 @@ for _ in range(3):
     model(torch.ones(4, 3)).sum().backward()
     opt.step()
 """
+
+
+@contextlib.contextmanager
+def recording(*args: str, cwd: Path | None = None) -> Iterator[subprocess.Popen[str]]:
+    """``gfprobe record ARGS`` in a session of its own (stdin not a terminal, so it relays
+    SIGINT); whatever is left of its process group is killed afterwards."""
+    proc = subprocess.Popen([sys.executable, "-m", "gfprobe", "record", *args], stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=cwd,
+                            env=child_env(), start_new_session=True)
+    try:
+        yield proc
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=60)
+        for stream in (proc.stdout, proc.stderr):
+            if stream is not None:
+                stream.close()
 
 
 def gloo_aborted(result: subprocess.CompletedProcess[str]) -> bool:

@@ -29,7 +29,7 @@ from pathlib import Path
 import h5py
 import pytest
 from click.testing import CliRunner
-from conftest import SCRIPTS, child_env
+from conftest import SCRIPTS, child_env, recording
 
 import gfprobe
 from gfprobe import launcher
@@ -135,24 +135,6 @@ def gfprobe_frames(stderr: str) -> list[str]:
     """Traceback frames in gfprobe's own code (the bootstrap's sitecustomize included)."""
     frames = re.findall(r'^\s*File "([^"]+)", line \d+', stderr, flags=re.M)
     return [f for f in frames if Path(f).resolve().is_relative_to(GFPROBE_DIR)]
-
-
-@contextlib.contextmanager
-def recording(*args: str, cwd: Path | None = None) -> Iterator[subprocess.Popen[str]]:
-    """``gfprobe record ARGS`` in a session of its own (stdin not a terminal, so it relays
-    SIGINT); whatever is left of its process group is killed afterwards."""
-    proc = subprocess.Popen([PY, "-m", "gfprobe", "record", *args], stdin=subprocess.DEVNULL,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=cwd,
-                            env=child_env(), start_new_session=True)
-    try:
-        yield proc
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=60)
-        for stream in (proc.stdout, proc.stderr):
-            if stream is not None:
-                stream.close()
 
 
 def kill_if_running(pid: int | None) -> None:

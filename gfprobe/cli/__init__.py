@@ -16,6 +16,7 @@ from gfprobe.cli.plugins import plugins
 from gfprobe.cli.record import record
 from gfprobe.cli.report import report
 from gfprobe.cli.scsdc import scsdc
+from gfprobe.cli.watch import watch
 from gfprobe.console import EXIT_INTERRUPTED, restore_keyboard_interrupt
 
 
@@ -47,5 +48,5 @@ def main() -> None:
     run into an HDF5 file, then report Effective Gradient Flow and the standard norms."""
 
 
-for command in (record, report, inspect, merge, check, diff, plot, demo, scsdc, plugins):
+for command in (record, report, inspect, merge, check, diff, plot, demo, scsdc, plugins, watch):
     main.add_command(command)

@@ -257,17 +257,20 @@ class RunFile:
 
 
 @contextmanager
-def open_run(path: str | Path, shards_ok: bool = False) -> Iterator[RunFile]:
+def open_run(path: str | Path, shards_ok: bool = False, locking: bool = True) -> Iterator[RunFile]:
     """Open and validate a run file, turning every failure to do so into one clear message.
 
     Only opening and validating are guarded here: the RunFile's read methods name the file in
     their own errors, and an exception raised in the caller's ``with`` body passes through as it is.
     A rank file of a sharded run holds one rank's share of each gradient: measures computed from
     it alone would be wrong, so it opens only with ``shards_ok`` (for merging and inspecting).
+    ``locking=False`` opens it without HDF5's file lock, for a reader that opens a live file over
+    and over (``gfprobe watch``): while a reader holds that lock, the SWMR-write open with which
+    ``gfprobe record`` stamps a finished run's exit code fails (the launcher retries it, for a while).
     """
     p = Path(path)
     _check_file(p)
-    handle = _open_handle(p)
+    handle = _open_handle(p, locking)
     try:
         layout = _validate(p, handle)
         if not shards_ok:
@@ -303,12 +306,12 @@ def _close(handle: h5py.File) -> None:
         handle.close()
 
 
-def _open_handle(path: Path) -> h5py.File:
+def _open_handle(path: Path, locking: bool = True) -> h5py.File:
     """A plain open first: it detects truncation, which SWMR mode does not (it retries reads of
     a truncated file for a long time). HDF5 refuses a plain open of a file whose writer is still
     running or was killed; those are exactly the files SWMR mode reads safely."""
     try:
-        return h5py.File(path, "r")
+        return h5py.File(path, "r", locking=None if locking else False)  # None: HDF5's default
     except _READ_ERRORS as exc:
         message = short_error(exc)
         if not h5py.is_hdf5(path):  # asked only after a failure: it costs an open of its own
@@ -318,12 +321,12 @@ def _open_handle(path: Path) -> h5py.File:
             kind = "truncated" if "truncated" in message else "damaged"
             raise RunFileError(f"{path}: {kind} HDF5 file ({message}); it cannot be read") from exc
     try:
-        return _open_swmr(path)
+        return _open_swmr(path, locking)
     except _READ_ERRORS as exc:
         raise RunFileError(f"{path}: cannot be read as HDF5 ({short_error(exc)}); the file is damaged") from exc
 
 
-def _open_swmr(path: Path) -> h5py.File:
+def _open_swmr(path: Path, locking: bool = True) -> h5py.File:
     """Open in SWMR read mode, retrying a metadata read whose checksum fails only a few times.
 
     A SWMR reader retries such a read because the writer may be rewriting that metadata; HDF5's
@@ -334,6 +337,8 @@ def _open_swmr(path: Path) -> h5py.File:
     set_attempts = _metadata_read_attempts_setter()
     if set_attempts is not None:
         set_attempts(fapl.id, SWMR_READ_ATTEMPTS)
+    if not locking:
+        fapl.set_file_locking(False, True)
     fid = h5py.h5f.open(os.fsencode(path), h5py.h5f.ACC_RDONLY | h5py.h5f.ACC_SWMR_READ, fapl)
     return h5py.File(fid)
 
