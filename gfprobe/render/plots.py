@@ -256,6 +256,8 @@ def plot_scsdc(comparisons: Sequence[Comparison], out: Path, metric: str = "test
 def plot_diff(pairs: Sequence[tuple[str, RunSeries, RunSeries]], out: Path, rtol: float | None = None) -> Path:
     """Per pair (run id, BASE, NEW), a row: both runs' layer norms overlaid, one colour per layer;
     and NEW/BASE per layer at the steps both recorded, with the band ``gfprobe diff`` tolerates."""
+    from matplotlib.ticker import MaxNLocator
+
     if not pairs:
         raise ConfigError("nothing to plot: no pair of runs")
     shown = list(pairs[:MAX_DIFF_PAIRS])
@@ -266,6 +268,8 @@ def plot_diff(pairs: Sequence[tuple[str, RunSeries, RunSeries]], out: Path, rtol
         _overlay(left, base, new, colours)
         left.set_title(f"{_plain(run_id)}: BASE solid, NEW dashed", loc="left")
         _ratios(right, base, new, colours, rtol)
+        for ax in (left, right):
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # optimizer steps are whole
     if len(pairs) > MAX_DIFF_PAIRS:
         fig.suptitle(f"first {MAX_DIFF_PAIRS} of {len(pairs)} pairs of runs", x=0.01, ha="left")
     return _save(fig, out)
@@ -283,6 +287,17 @@ def _overlay(ax: Any, base: RunSeries, new: RunSeries, colours: dict[str, str]) 
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("‖g ⊙ m‖₂ per weight layer")
     ax.legend(loc="best", ncol=1 if len(colours) <= 6 else 2)
+
+
+def _plain_ratio_ticks(ax: Any) -> None:
+    """Ratios as plain numbers (0.5, 2, 10) at 1, 2 and 5 times each decade: a ratio axis spans
+    a few decades at most, where scientific notation and decades alone read poorly."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter, NullLocator
+
+    ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+    ax.yaxis.set_minor_locator(NullLocator())
+    ax.yaxis.set_minor_formatter(NullFormatter())
 
 
 def _ratios(ax: Any, base: RunSeries, new: RunSeries, colours: dict[str, str], rtol: float | None) -> None:
@@ -306,6 +321,7 @@ def _ratios(ax: Any, base: RunSeries, new: RunSeries, colours: dict[str, str], r
         ax.text(0.5, 0.5, "no common step or layer", transform=ax.transAxes, ha="center")
     elif shown.max() / shown.min() > 4:  # a factor of 10 reads best on a log axis, 1% on a linear one
         _log_axis(ax)
+        _plain_ratio_ticks(ax)
     ax.set_title(f"NEW / BASE at the {len(common)} common steps", loc="left")
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("ratio of ‖g ⊙ m‖₂")
