@@ -19,7 +19,7 @@ from click.testing import CliRunner, Result
 from conftest import child_env
 from test_inert_strings import HOSTILE, MARKUP, _bad_characters, _check_output, write_run
 
-from gfprobe.analysis.diff import log_gaps, relative_gaps
+from gfprobe.analysis.diff import log_gaps, relative_gaps, summary_gap
 from gfprobe.analysis.diff_config import RULES
 from gfprobe.cli import main
 
@@ -110,6 +110,8 @@ def test_same_seed_twice_is_bit_identical_and_passes(runs: dict[str, Path]) -> N
     assert [layer["max_abs_log_ratio"] for layer in pair["layers"]] == [0.0, 0.0, 0.0]  # bit-identical
     assert all(m["abs_log_ratio"] == 0.0 for m in pair["measures"]) and pair["metrics"][0]["max_rel_diff"] == 0.0
     assert "identical" in results(pair)["layers"]["message"] and pair["notes"] == []
+    table = diff(str(runs["base"]), str(runs["again"])).output
+    assert "first step beyond" in table  # the layer table keeps its columns when nothing differs
 
 
 def test_another_thread_count_passes_the_default_tolerance(runs: dict[str, Path]) -> None:
@@ -206,6 +208,19 @@ def test_folders_are_matched_by_run_id(runs: dict[str, Path], tmp_path: Path) ->
     assert ["old", "BASE", str(Path(base) / "old.h5")] in rows and ["fresh", "NEW", str(Path(new) / "fresh.h5")] in rows
 
 
+def test_folders_with_no_run_id_in_common_are_bad_input(runs: dict[str, Path], tmp_path: Path) -> None:
+    """A gate that compared nothing must not pass, even with ``unmatched`` switched off."""
+    base, new = _folders(tmp_path, runs, {"old": ("base", None), "fresh": (None, "base")})
+    config = tmp_path / "diff.toml"
+    config.write_text("[tool.gfprobe.diff]\nunmatched = { enabled = false }\n")
+    result = diff(base, new, "--config", str(config))
+    assert result.exit_code == 2
+    assert result.output.strip() == (f"gfprobe: {base} and {new} have no run id in common (1 and 1 runs): nothing "
+                                     "to compare; pass two folders of the same runs")
+    plotted = CliRunner().invoke(main, ["plot", base, new, "--kind", "diff", "--out", str(tmp_path / "d.png")])
+    assert plotted.exit_code == 2 and "no run id in common" in plotted.output
+
+
 def test_runs_in_one_folder_only_fail_unless_switched_off(runs: dict[str, Path], tmp_path: Path) -> None:
     base, new = _folders(tmp_path, runs, {"a": ("base", "again"), "old": ("base", None)})
     assert diff(base, new).exit_code == 1
@@ -222,6 +237,9 @@ def test_an_unreadable_run_in_a_folder_is_listed_and_the_others_compared(runs: d
     result = diff(base, new, "--format", "json")
     assert result.exit_code == 2
     assert [r["id"] for r in json.loads(result.stdout)["runs"]] == ["a"]
+    import gfprobe.api as gf
+
+    assert not gf.diff(base, new).passed  # a pair left out unread is no pass
     assert result.stderr.strip() == f"gfprobe: {Path(new) / 'b.h5'}: not an HDF5 file (truncated or another " \
                                     "format); pass a gfprobe run file"
 
@@ -237,7 +255,16 @@ def test_pyproject_in_the_working_directory_sets_the_tolerances(runs: dict[str, 
     monkeypatch.chdir(tmp_path)
     code, out = diff_json(str(runs["base"]), str(runs["scaled"]))  # ×0.1 is within a factor of 21
     assert code == 0, out
-    assert "within 20" in results(out["runs"][0])["layers"]["message"]
+    assert "within a factor 21" in results(out["runs"][0])["layers"]["message"]
+
+
+def test_a_config_file_with_only_checks_table_gives_diffs_defaults(runs: dict[str, Path], tmp_path: Path) -> None:
+    """A --config file holding ``[tool.gfprobe.check]`` only (one file for the CI's gates) is not
+    read as a diff table itself."""
+    gates = tmp_path / "gates.toml"
+    gates.write_text("[tool.gfprobe.check]\ndead = { enabled = false }\n")
+    code, out = diff_json(str(runs["base"]), str(runs["again"]), "--config", str(gates))
+    assert code == 0 and out["passed"] is True
 
 
 @pytest.mark.parametrize(("text", "fragment"), [
@@ -290,7 +317,8 @@ def test_markdown_for_a_pull_request_comment(runs: dict[str, Path]) -> None:
     assert result.exit_code == 1
     text = result.output
     assert text.startswith("**gfprobe diff: failed**\n\n### scaled: 3 rules fail\n")
-    assert "| layers | **FAIL** | 3 of 3 weight layers differ by more than 0.01: first 0.weight at step 0" in text
+    assert ("| layers | **FAIL** | 3 of 3 weight layers differ by more than a factor 1.01: first 0.weight at step 0"
+            in text)
     row = next(line for line in text.splitlines() if line.startswith("| 0.weight |"))
     cells = [c.strip() for c in row.strip("|").split("|")]
     assert cells[4] == "0" and cells[5] == "**DIFFERS**"  # first step beyond, result
@@ -366,6 +394,17 @@ def test_hostile_layer_and_metric_names_are_shown_not_obeyed(tmp_path: Path, hos
         "both-inf", "inf-one-side"])
 def test_log_gaps(base: float, new: float, expected: float) -> None:
     assert log_gaps(np.array([base]), np.array([new]))[0] == pytest.approx(expected)
+
+
+@pytest.mark.parametrize(("base", "new", "rtol", "exceeded"), [
+    (2.0, 2.0 * 1.009, 0.01, False), (2.0, 2.0 * 1.011, 0.01, True), (2.0, 2.0 / 1.011, 0.01, True),
+    (-2.31, -2.3100001, 0.01, False), (-2.0, -2.1, 0.01, True), (-1.0, 1.0, 0.5, True), (0.0, -0.001, 0.01, True),
+], ids=["norm-within", "norm-up", "norm-down", "negative-within", "negative-beyond", "sign", "zero-to-negative"])
+def test_summary_gap(base: float, new: float, rtol: float, exceeded: bool) -> None:
+    """Norms compare as factors; a measure that is negative in either run (a plugin's) relatively:
+    its log would be NaN, which read as infinitely far."""
+    gap, beyond = summary_gap(base, new, rtol)
+    assert beyond is exceeded and math.isfinite(gap)
 
 
 @pytest.mark.parametrize(("base", "new", "expected"), [

@@ -86,8 +86,8 @@ def load_config(path: Path | None = None, cwd: Path | None = None,
         return validate({}, section=section), None
     document = read_toml(source, f"--config {source}" if path is not None else str(source))
     table = _check_table(document, str(source), section)
-    if table is None:
-        table = {} if path is None else document  # a pyproject without the table: the defaults
+    if table is None:  # a pyproject (or a --config file with a [tool] table) without it: the defaults
+        table = {} if path is None or "tool" in document else document
     return validate(table, str(source), section), source
 
 

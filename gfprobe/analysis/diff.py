@@ -218,7 +218,7 @@ def compare(base: Side, new: Side, config: Config, run_id: str | None = None) ->
     taken = ~base.skipped[aligned.base_rows] & ~new.skipped[aligned.new_rows]  # measures leave AMP skips out
     layers = _layer_traces(base, new, aligned, norm_limit(config["layers"]["rtol"]))
     measures = _measure_traces(base, new, aligned.base_rows[taken], aligned.new_rows[taken],
-                               norm_limit(config["measures"]["rtol"]))
+                               config["measures"]["rtol"])
     metrics = [_metric_trace(base.metrics[m], new.metrics[m], config["metrics"]["rtol"])
                for m in base.metrics if m in new.metrics]
     diff = PairDiff(
@@ -252,9 +252,10 @@ def _rows(stats: LayerStats, rows: np.ndarray) -> LayerStats:
 
 
 def _measure_traces(base: Side, new: Side, base_rows: np.ndarray, new_rows: np.ndarray,
-                    limit: float) -> list[Trace]:
+                    rtol: float) -> list[Trace]:
     """Each measure summarised (the report's 11-point mean) over the same steps in both runs, so
-    that runs of different lengths are compared on what they share."""
+    that runs of different lengths are compared on what they share. Norms (every built-in measure)
+    are compared as factors; a plugin's measure that is negative in either run, as metrics are."""
     if not len(base_rows) or not base.layers or not new.layers:
         return []
     base_series = compute_series(_rows(base.stats, base_rows))
@@ -262,12 +263,21 @@ def _measure_traces(base: Side, new: Side, base_rows: np.ndarray, new_rows: np.n
     out = []
     for name, values in base_series.items():
         if name in new_series:
-            b = np.array([summarise(values, "points", DEFAULT_POINTS)])
-            n = np.array([summarise(new_series[name], "points", DEFAULT_POINTS)])
-            gap = log_gaps(b, n)
-            out.append(Trace(name, len(base_rows), float(gap[0]), None, float(b[0]), float(n[0]),
-                             bool(gap[0] > limit)))
+            b = summarise(values, "points", DEFAULT_POINTS)
+            n = summarise(new_series[name], "points", DEFAULT_POINTS)
+            gap, exceeded = summary_gap(b, n, rtol)
+            out.append(Trace(name, len(base_rows), gap, None, b, n, exceeded))
     return out
+
+
+def summary_gap(base: float, new: float, rtol: float) -> tuple[float, bool]:
+    """How far two summaries of a measure are, and whether beyond ``rtol``: as a factor for norms
+    (every built-in measure), as a relative difference where either is negative (a plugin's)."""
+    if base < 0 or new < 0:
+        gap = float(relative_gaps(np.array([base]), np.array([new]))[0])
+        return gap, gap > rtol
+    gap = float(log_gaps(np.array([base]), np.array([new]))[0])
+    return gap, gap > norm_limit(rtol)
 
 
 def _last_per_step(metric: Metric) -> tuple[np.ndarray, np.ndarray]:
@@ -317,13 +327,13 @@ def layers(diff: PairDiff, settings: dict[str, object]) -> Finding:
     if not beyond:
         worst = max(diff.layers, key=lambda t: t.gap)
         detail = ("identical" if worst.gap == 0 else
-                  f"within {rtol:.3g}; largest relative difference {math.expm1(worst.gap):.2g} "
+                  f"within a factor {1 + rtol:.6g}; largest factor {math.exp(worst.gap):.6g} "
                   f"({worst.name} at step {worst.step})")
         return Finding("layers", "pass", f"{len(diff.layers)} weight layers at {n} common steps: {detail}")
     first = beyond[0]
     also = f"; also {', '.join(t.name for t in beyond[1:])}" if beyond[1:] else ""
     return Finding("layers", "fail", f"{len(beyond)} of {len(diff.layers)} weight layers differ by more than "
-                   f"{rtol:.3g}: first {first.name} at step {first.first_step}, ‖g⊙m‖₂ "
+                   f"a factor {1 + rtol:.6g}: first {first.name} at step {first.first_step}, ‖g⊙m‖₂ "
                    f"{_values(first.first_base, first.first_new)}{also}", first.name, first.first_step,
                    math.expm1(first.first_gap), rtol)
 
@@ -335,10 +345,11 @@ def measures(diff: PairDiff, settings: dict[str, object]) -> Finding:
     over = f"11-point means over {diff.measure_steps} common steps"
     beyond = sorted((t for t in diff.measures if t.exceeded), key=lambda t: -t.gap)
     if not beyond:
-        return Finding("measures", "pass", f"{len(diff.measures)} measures within {rtol:.3g} ({over})")
+        return Finding("measures", "pass",
+                       f"{len(diff.measures)} measures within a factor {1 + rtol:.6g} ({over})")
     shown = ", ".join(f"{t.name} {_values(t.base, t.new)}" for t in beyond)
     return Finding("measures", "fail", f"{len(beyond)} of {len(diff.measures)} measures differ by more than "
-                   f"{rtol:.3g} ({over}): {shown}", None, None, math.expm1(beyond[0].gap), rtol)
+                   f"a factor {1 + rtol:.6g} ({over}): {shown}", None, None, math.expm1(beyond[0].gap), rtol)
 
 
 def metrics(diff: PairDiff, settings: dict[str, object]) -> Finding:
@@ -414,14 +425,22 @@ class DiffResult:
 
     @property
     def passed(self) -> bool:
-        """No rule fails (an unreadable file is the caller's to weigh: see ``unreadable``)."""
+        """The gate's verdict: every file read, some pair compared, and no rule fails."""
         unmatched = bool(self.only_base or self.only_new) and self.unmatched_fail
-        return all(pair.passed for pair in self.pairs) and not unmatched
+        return bool(self.pairs) and all(pair.passed for pair in self.pairs) and not unmatched and not self.unreadable
+
+    def figure_pairs(self) -> list[tuple[str, RunSeries, RunSeries]]:
+        """(run id, BASE, NEW) layer norms of each pair compared, failing pairs first, for the figure."""
+        ordered = sorted(zip(self.pairs, self.series, strict=True), key=lambda ps: ps[0].passed)
+        return [(pair.id, *series) for pair, series in ordered]
 
 
 def diff_runs(base: Path, new: Path, config: Config, stream_index: int = 0) -> DiffResult:
     """Every pair compared; a file that cannot be read is listed, and its pair left out."""
     pairing = pair_runs(base, new)
+    if not pairing.pairs:  # a gate that compared nothing must not pass
+        raise ConfigError(f"{base} and {new} have no run id in common ({len(pairing.only_base)} and "
+                          f"{len(pairing.only_new)} runs): nothing to compare; pass two folders of the same runs")
     pairs: list[PairDiff] = []
     series: list[tuple[RunSeries, RunSeries]] = []
     unreadable: list[Unreadable] = []

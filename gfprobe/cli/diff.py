@@ -43,10 +43,8 @@ def diff(base: Path, new: Path, config_path: Path | None, output_format: str, ju
     result = diff_runs(base, new, config, stream)
     with listing(result.unreadable):
         _emit(result, output_format, junit)
-        if plot_out is not None and result.series:
-            failing_first = sorted(zip(result.pairs, result.series, strict=True), key=lambda ps: ps[0].passed)
-            drawn = [(pair.id, *series) for pair, series in failing_first]
-            say(f"wrote {plots.plot_diff(drawn, plot_out, config['layers']['rtol'])}")
+        if plot_out is not None:
+            say(f"wrote {plots.plot_diff(result.figure_pairs(), plot_out, config['layers']['rtol'])}")
     raise SystemExit(0 if result.passed else EXIT_FAILED)
 
 

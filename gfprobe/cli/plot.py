@@ -72,20 +72,14 @@ def _draw(kind: str, data: list[Any], out: Path, measures: tuple[str, ...], metr
 
 
 def _plot_diff(runs: tuple[Path, ...], out: Path) -> None:
-    """``--kind diff``: BASE and NEW, two runs or two folders matched by run id as ``gfprobe diff``
-    matches them, with the layers tolerance of its configuration ([tool.gfprobe.diff])."""
-    from gfprobe.analysis.diff import pair_runs
+    """``--kind diff``: BASE and NEW, two runs or two folders matched by run id, read and drawn as
+    ``gfprobe diff --plot`` draws them, with the layers tolerance of its configuration."""
+    from gfprobe.analysis.diff import diff_runs
     from gfprobe.analysis.diff_config import load_config
-    from gfprobe.analysis.series import read_series
 
     if len(runs) != 2:
         raise UserError(f"--kind diff draws two runs (or two folders) against each other: BASE NEW; got {len(runs)}")
     config, _ = load_config()
-    pairing = pair_runs(*runs)
-    series, unreadable = read_each([path for _, base, new in pairing.pairs for path in (base, new)], read_series)
-    bad = {item.path for item in unreadable}
-    found = {s.path: s for s in series}
-    pairs = [(run_id, found[b], found[n]) for run_id, b, n in pairing.pairs if str(b) not in bad and str(n) not in bad]
-    with listing(unreadable):
-        if pairs:
-            say(f"wrote {plots.plot_diff(pairs, out, config['layers']['rtol'])}")
+    result = diff_runs(runs[0], runs[1], config)
+    with listing(result.unreadable):
+        say(f"wrote {plots.plot_diff(result.figure_pairs(), out, config['layers']['rtol'])}")

@@ -94,7 +94,7 @@ def render_table(console: Console, result: DiffResult) -> None:
 def _print_traces(console: Console, title: str, kind: str, traces: Sequence[Trace]) -> None:
     if not traces:
         return
-    stepwise = _stepwise(traces)
+    stepwise = _stepwise(kind)
     table = _table(title, *_trace_headers(kind, stepwise))
     for t in traces:
         *cells, state = _trace_cells(t, kind, stepwise)
@@ -102,10 +102,10 @@ def _print_traces(console: Console, title: str, kind: str, traces: Sequence[Trac
     console.print(table)
 
 
-def _stepwise(traces: Sequence[Trace]) -> bool:
-    """Whether the traces follow steps (layers, metrics) rather than summaries (measures), which
-    have no step to show."""
-    return any(t.step is not None for t in traces)
+def _stepwise(kind: str) -> bool:
+    """Whether a kind of trace follows steps (layers, metrics) rather than summaries (measures),
+    which have no step to show."""
+    return kind != "measure"
 
 
 def _trace_headers(kind: str, stepwise: bool) -> list[str]:
@@ -129,7 +129,7 @@ def _trace_cells(t: Trace, kind: str, stepwise: bool) -> list[Any]:
 
 def render_json(result: DiffResult) -> str:
     payload: dict[str, Any] = {
-        "passed": result.passed and not result.unreadable,
+        "passed": result.passed,
         "runs": [_pair_json(pair) for pair in result.pairs],
         "unmatched": {"fails": result.unmatched_fail,
                       "base_only": [{"id": i, "path": str(p)} for i, p in result.only_base],
@@ -173,7 +173,7 @@ def _trace_json(t: Trace, gap: str) -> dict[str, Any]:
 
 def render_markdown(result: DiffResult) -> str:
     """For a pull-request comment: the verdict, then per pair its rules and what differs."""
-    out = f"**gfprobe diff: {'passed' if result.passed and not result.unreadable else 'failed'}**\n"
+    out = f"**gfprobe diff: {'passed' if result.passed else 'failed'}**\n"
     for pair in result.pairs:
         out += f"\n### {markdown(pair.id)}: {markdown(verdict(pair))}\n\nBASE {markdown(pair.base)}  \n" \
                f"NEW {markdown(pair.new)}\n\n"
@@ -199,7 +199,7 @@ def _md_status(finding: Finding) -> str:
 def _traces_markdown(kind: str, traces: Sequence[Trace]) -> str:
     if not traces:
         return ""
-    stepwise = _stepwise(traces)
+    stepwise = _stepwise(kind)
     rows = []
     for t in traces:
         *cells, state = _trace_cells(t, kind, stepwise)
