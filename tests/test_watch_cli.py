@@ -305,6 +305,32 @@ def test_a_file_replaced_under_its_name_is_followed_and_a_damaged_one_ends_with_
         assert "Traceback" not in term.output
 
 
+def test_a_read_that_fails_once_keeps_the_last_screen_and_three_in_a_row_end_it(tmp_path: Path) -> None:
+    """A read can meet the file mid-change (the exit-code stamp as the command ends): the last good
+    state stays up and the next read is tried; a file that stays unreadable ends the watch."""
+    from gfprobe.analysis.check_config import load_config
+    from gfprobe.analysis.live import RunState, Watcher
+    from gfprobe.cli.watch import READ_FAILURES, _read_again
+
+    out = tmp_path / "run.h5"
+    write_run(out, steps=20)
+    watcher = Watcher(out, 0, load_config()[0], "test_acc")
+    good = watcher.read()
+    saved = out.read_bytes()
+    out.write_bytes(b"not a run file\n" * 64)
+    view, failed = _read_again(watcher, good, [])
+    assert view is good and len(failed) == 1 and "not an HDF5 file" in failed[0]
+    out.write_bytes(saved)
+    view, failed = _read_again(watcher, good, failed)
+    assert failed == [] and view is not good  # read again: the file changed
+    assert isinstance(view, RunState) and view.last_step == 19 and view.status == "complete"
+    out.write_bytes(b"not a run file\n" * 64)
+    for _ in range(READ_FAILURES - 1):
+        view, failed = _read_again(watcher, view, failed)
+    with pytest.raises(RunFileError, match="not an HDF5 file"):
+        _read_again(watcher, view, failed)
+
+
 def test_a_damaged_file_is_one_line_and_exit_2(tmp_path: Path) -> None:
     out = tmp_path / "run.h5"
     out.write_bytes(b"\x89HDF\r\n\x1a\n" + b"\x00" * 100)
@@ -403,6 +429,37 @@ def test_without_a_terminal_a_missing_file_is_an_error_unless_waited_for(tmp_pat
     result = CliRunner().invoke(main, ["watch", str(missing)])
     assert result.exit_code == 2
     assert result.output.count("gfprobe: ") == 1 and "no such file" in result.output
+
+
+def test_exit_on_finish_ends_for_a_run_whose_writer_was_killed(tmp_path: Path) -> None:
+    """Regression: a run file left ``running`` by a writer that died (SIGKILL, the OOM killer) never
+    finishes; --exit-on-finish waited for it for ever."""
+    out = tmp_path / "run.h5"
+    write_run(out, status=None).abandon()  # rows flushed, still marked running, no write lock held
+    with terminal(str(out), "--exit-on-finish") as term:
+        assert term.end() == 0
+        assert "writer gone (killed?)" in term.output
+    result = CliRunner().invoke(main, ["watch", str(out), "--exit-on-finish"], env={"NO_COLOR": "1"})
+    assert result.exit_code == 0 and result.stdout.splitlines()[0].endswith("run.h5  running · writer gone (killed?)")
+
+
+def test_without_a_terminal_exit_on_finish_says_it_waits_then_prints_the_end(tmp_path: Path) -> None:
+    out = tmp_path / "run.h5"
+    writer = write_run(out, status=None)  # this process holds the write lock: the run goes on
+    watcher = subprocess.Popen([PY, "-m", "gfprobe", "watch", str(out), "--exit-on-finish", "--interval", "0.2"],
+                               stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env=child_env())
+    try:
+        assert watcher.stderr is not None
+        line = watcher.stderr.readline()
+        assert line == f"gfprobe: waiting for {out} to finish (it is running); one snapshot follows then\n"
+        assert watcher.poll() is None
+        writer.close("complete", {})
+        stdout, stderr = watcher.communicate(timeout=WAIT)
+    finally:
+        watcher.kill()
+    assert watcher.returncode == 0 and stderr == ""
+    assert stdout.splitlines()[0].endswith("run.h5  complete") and shows_file(stdout, out)
 
 
 def test_strings_from_the_file_are_shown_never_obeyed(tmp_path: Path) -> None:

@@ -30,6 +30,7 @@ from gfprobe.analysis.report import RunSummary, metric_summary, summarise_run
 from gfprobe.analysis.scsdc import Comparison, compare
 from gfprobe.errors import RunFileError
 from gfprobe.measures import compute_all, layer_norms
+from gfprobe.store.publish import is_being_written
 from gfprobe.store.reader import Metric, StreamData, Unreadable, open_run
 
 RUNNING = "running"  # the status of a file still being written (or left so by a killed writer)
@@ -86,10 +87,13 @@ class RunState:
     recorded_at: float | None = None  # when the last recorded step was taken (seconds since the epoch)
     exit_code: int | None = None  # stamped by gfprobe record when its command ended
     error: str | None = None  # why a failed run failed, as the file says
+    # Still marked running, but no process holds its write lock: its writer was killed (SIGKILL,
+    # the OOM killer) and nothing will ever finish the file.
+    writer_gone: bool = False
 
     @property
     def finished(self) -> bool:
-        return self.status != RUNNING
+        return self.status != RUNNING or self.writer_gone
 
     @property
     def alerts(self) -> list[check.Finding]:
@@ -177,8 +181,13 @@ def _run_state(path: Path, metadata: dict[str, Any], status: str, streams: int, 
         rate=steps_per_second(data.steps, data.times), cost=observation_cost(data), findings=findings.findings,
         age=_age(recorded_at, now) if status == RUNNING else None, recorded_at=recorded_at,
         exit_code=int(exit_code) if isinstance(exit_code, int | np.integer) else None,
-        error=None if error is None else str(error),
+        error=None if error is None else str(error), writer_gone=_writer_gone(path, status),
     )
+
+
+def _writer_gone(path: Path, status: str) -> bool:
+    """A running file whose write lock nobody holds: its writer died without closing it."""
+    return status == RUNNING and not is_being_written(path)
 
 
 def _metric(metric: Metric) -> MetricState:
@@ -237,14 +246,19 @@ class Watcher:
         key = file_key(self.target)  # before reading: a change while it is read is read next time
         if key is not None and self._last is not None and self._last[0] == key:
             state = self._last[1]
-            return dataclasses.replace(state, age=_age(state.recorded_at, now)) if state.age is not None else state
+            if state.age is None:
+                return state
+            # An unchanged file is not read again, but its writer may have died since.
+            return dataclasses.replace(state, age=_age(state.recorded_at, now),
+                                       writer_gone=_writer_gone(self.target, state.status))
         view = read_run(self.target, self.stream, self.config, now)
         self._last = (key, view) if key is not None and isinstance(view, RunState) else None
         return view
 
 
 def finished(view: View) -> bool:
-    """Whether ``view`` is a run file that is no longer written (any status but running)."""
+    """Whether ``view`` is a run file that is no longer written: any status but running, or a
+    writer that is gone."""
     return isinstance(view, RunState) and view.finished
 
 

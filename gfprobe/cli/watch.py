@@ -16,10 +16,13 @@ from rich.live import Live
 from gfprobe.analysis.check_config import load_config
 from gfprobe.analysis.live import DEFAULT_METRIC, StudyState, View, Waiting, Watcher, finished
 from gfprobe.cli import _terminal
-from gfprobe.cli._common import UserError, config_option, console, handle_errors
+from gfprobe.cli._common import UserError, config_option, console, handle_errors, say
+from gfprobe.errors import RunFileError
+from gfprobe.render.safe import printable
 from gfprobe.render.watch import screen
 
 KEY_POLL_S = 0.25  # the longest a resize waits to be drawn
+READ_FAILURES = 3  # reads in a row that fail before the watch ends (with the last one's message)
 
 
 @click.command()
@@ -27,7 +30,8 @@ KEY_POLL_S = 0.25  # the longest a resize waits to be drawn
 @click.option("--interval", type=click.FloatRange(min=0.1), default=1.0, show_default=True,
               help="Seconds between reads (longer by itself while a read takes longer).")
 @click.option("--exit-on-finish", is_flag=True,
-              help="End once the run file is finalised (any status but running), showing its last state.")
+              help="End once the run file is finalised (any status but running) or its writer is gone "
+                   "(killed), showing its last state.")
 @click.option("--stream", type=click.IntRange(min=0), default=0, show_default=True,
               help="Which optimizer to show when the run steps several.")
 @click.option("--metric", default=DEFAULT_METRIC, show_default=True,
@@ -62,6 +66,10 @@ def watch(target: Path, interval: float, exit_on_finish: bool, stream: int, metr
 def _snapshot(out: Console, watcher: Watcher, interval: float, exit_on_finish: bool) -> None:
     """One screen, every row of it, for a log or a pipe."""
     view = watcher.read()
+    if exit_on_finish and not finished(view) and not isinstance(view, StudyState):
+        # One line, so that a log does not look hung (a mistyped path is waited for too).
+        why = view.reason if isinstance(view, Waiting) else "it is running"
+        say(f"waiting for {watcher.target} to finish ({why}); one snapshot follows then")
     while exit_on_finish and not finished(view) and not isinstance(view, StudyState):  # a folder that appeared
         time.sleep(interval)
         view = watcher.read()
@@ -86,19 +94,34 @@ def _live(out: Console, watcher: Watcher, interval: float, exit_on_finish: bool)
         def draw(view: View, footer: str) -> None:
             live.update(screen(view, out.width, out.height, footer), refresh=True)
 
+        failed: list[str] = []  # the reads that failed in a row since the last good one
         while True:
             every = f"every {interval:g} s" if took <= interval else f"every {took:.1f} s (reads are slow)"
             footer = f"{hint}  ·  refreshed {every}  ·  {_read_at()}"
+            if failed:
+                footer = f"{hint}  ·  read {len(failed)} failed, showing the last good one: {printable(failed[-1])}"
             draw(view, footer)
             if exit_on_finish and finished(view):
                 break
             if _wait_for_quit(keys, resized, max(interval, took), functools.partial(draw, view, footer)):
                 break
             started = time.monotonic()
-            view = watcher.read()
+            view, failed = _read_again(watcher, view, failed)
             took = time.monotonic() - started
         frame = screen(view, out.width, out.height, _read_at())
     out.print(frame)
+
+
+def _read_again(watcher: Watcher, last: View, failed: list[str]) -> tuple[View, list[str]]:
+    """The next view, or the last one while fewer than ``READ_FAILURES`` reads in a row failed: a
+    read can meet the file mid-change (``gfprobe record`` stamps the exit code into it as the
+    command ends) and the next one then succeeds. A file that stays unreadable ends the watch."""
+    try:
+        return watcher.read(), []
+    except RunFileError as exc:
+        if len(failed) + 1 >= READ_FAILURES:
+            raise
+        return last, [*failed, str(exc)]
 
 
 def _wait_for_quit(keys: _terminal.Keys, resized: _terminal.Resized, seconds: float,

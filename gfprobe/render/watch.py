@@ -172,8 +172,9 @@ def _title(state: RunState, width: int) -> Text:
     """The path (its middle gives way first), the status, the exit code, and a failed run's error."""
     status = _status(state.status)
     code = f" (exit code {state.exit_code})" if state.exit_code is not None else ""
-    path = squeeze(printable(state.path), max(width - 2 - cell_len(status[0] + code), 12))
-    parts: list[str | tuple[str, str]] = [(path, "bold"), "  ", status, code]
+    gone = " · writer gone (killed?)" if state.writer_gone else ""
+    path = squeeze(printable(state.path), max(width - 2 - cell_len(status[0] + code + gone), 12))
+    parts: list[str | tuple[str, str]] = [(path, "bold"), "  ", status, code, (gone, STATUS_STYLES["failed"])]
     if state.error:
         parts.append(f": {printable(state.error)}")
     return _line(*parts)
