@@ -227,7 +227,7 @@ class RunFile:
         for field in fields:
             if len(cols) and len(rows):
                 block = column(f"stats/{field}", slice(int(cols[0]), int(cols[-1]) + 1))
-                stats[field] = block[rows][:, cols - cols[0]]
+                stats[field] = _pick(block, rows, cols - cols[0])
             else:
                 stats[field] = np.zeros((len(rows), len(cols)), dtype=schema.stat_dtype(field))
         return StreamData(
@@ -254,6 +254,16 @@ class RunFile:
             sel = columns["name_id"] == i
             out[name] = Metric(name, columns["step"][sel], columns["time"][sel], columns["value"][sel])
         return out
+
+
+def _pick(block: np.ndarray, rows: np.ndarray, cells: np.ndarray) -> np.ndarray:
+    """``block[rows][:, cells]`` of a block just read, copying only what selects a part: ``rows``
+    and ``cells`` are ascending, so as many as the block has are all of it."""
+    if len(rows) != block.shape[0]:
+        block = block[rows]
+    if len(cells) != block.shape[1]:
+        block = block[:, cells]
+    return block
 
 
 @contextmanager
