@@ -317,13 +317,21 @@ def _values(base: float, new: float) -> str:
     return f"{base:.4g} → {new:.4g}"
 
 
+def _parting_first(traces: list[Trace]) -> tuple[list[Trace], str]:
+    """The series beyond the tolerance, the one that parts first (then the widest there) first;
+    and the message's "; also …" naming the others."""
+    beyond = sorted((t for t in traces if t.exceeded), key=lambda t: (t.first_step, -t.first_gap))
+    also = f"; also {', '.join(t.name for t in beyond[1:])}" if beyond[1:] else ""
+    return beyond, also
+
+
 def layers(diff: PairDiff, settings: dict[str, object]) -> Finding:
     rtol = float(settings["rtol"])  # type: ignore[arg-type]
     n = len(diff.alignment.steps)
     if not n or not diff.layers:
         what = "no recorded step" if not n else "no weight layer"
         return Finding("layers", "fail", f"{what} in both runs: nothing to compare", None, None, None, rtol)
-    beyond = sorted((t for t in diff.layers if t.exceeded), key=lambda t: (t.first_step, -t.first_gap))
+    beyond, also = _parting_first(diff.layers)
     if not beyond:
         worst = max(diff.layers, key=lambda t: t.gap)
         detail = ("identical" if worst.gap == 0 else
@@ -331,7 +339,6 @@ def layers(diff: PairDiff, settings: dict[str, object]) -> Finding:
                   f"({worst.name} at step {worst.step})")
         return Finding("layers", "pass", f"{len(diff.layers)} weight layers at {n} common steps: {detail}")
     first = beyond[0]
-    also = f"; also {', '.join(t.name for t in beyond[1:])}" if beyond[1:] else ""
     return Finding("layers", "fail", f"{len(beyond)} of {len(diff.layers)} weight layers differ by more than "
                    f"a factor {1 + rtol:.6g}: first {first.name} at step {first.first_step}, ‖g⊙m‖₂ "
                    f"{_values(first.first_base, first.first_new)}{also}", first.name, first.first_step,
@@ -361,11 +368,10 @@ def metrics(diff: PairDiff, settings: dict[str, object]) -> Finding:
     compared = [t for t in diff.metrics if t.compared]
     if not compared:
         return Finding("metrics", "skip", f"no metric logged at a step both runs logged it{listed}")
-    beyond = sorted((t for t in compared if t.exceeded), key=lambda t: (t.first_step, -t.first_gap))
+    beyond, also = _parting_first(compared)
     if not beyond:
         return Finding("metrics", "pass", f"{len(compared)} metrics within {rtol:.3g} at every common step{listed}")
     first = beyond[0]
-    also = f"; also {', '.join(t.name for t in beyond[1:])}" if beyond[1:] else ""
     return Finding("metrics", "fail", f"{len(beyond)} of {len(compared)} metrics differ by more than {rtol:.3g}: "
                    f"first {first.name} at step {first.first_step}, {_values(first.first_base, first.first_new)}"
                    f"{also}{listed}", None, first.first_step, first.first_gap, rtol)
