@@ -7,7 +7,8 @@ a 50,000-run study neither floods the scheduler nor makes every wait scan 50,000
 
 A task is never retried by Ray: a run whose worker or node dies is reported as failed, and the
 study's own resume (rerun the same command) redoes it from the start, as it does for the local
-executor. Ctrl-C cancels the tasks still going; a Ray instance started here is shut down.
+executor. Ctrl-C cancels the tasks still going on a cluster; a Ray instance started here is shut
+down, its tasks with it.
 """
 
 from __future__ import annotations
@@ -99,8 +100,14 @@ class RayExecutor:
                     yield spec, _outcome(ray, ref)
                 _submit(task, shared, waiting, pending, width)
         finally:
-            for ref in pending:  # Ctrl-C, or the caller stopped early: stop what is still going
-                ray.cancel(ref, force=True)
+            # Ctrl-C, or the caller stopped early: stop what is still going. A Ray instance started
+            # here is shut down on leaving, its tasks with it; cancelling them first can race a
+            # task's reply and crash Ray's driver with its own stack trace ("Tried to complete task
+            # that was not pending": ray-project/ray#54846, seen here on Ctrl-C), so only the tasks
+            # of a cluster that outlives this process are cancelled.
+            if not self._started_here:
+                for ref in pending:
+                    ray.cancel(ref, force=True)
 
 
 def _connect(ray: ModuleType, address: str | None) -> None:
