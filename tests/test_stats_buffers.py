@@ -57,15 +57,21 @@ class Model:
         return row
 
 
+def stepped(kernel: str) -> Model:
+    """A model after one checked step with a random gradient on every parameter."""
+    m = Model(kernel)
+    for p in m.params:
+        p.grad = torch.randn(p.shape, generator=GEN)
+    m.check()
+    return m
+
+
 KERNELS = [k for k in torch_stats.KERNELS if k == "blas" or NATIVE is not None]
 
 
 @pytest.mark.parametrize("kernel", KERNELS)
 def test_statistics_follow_every_change_of_the_gradient_tensor(kernel: str) -> None:
-    m = Model(kernel)
-    for p in m.params:
-        p.grad = torch.randn(p.shape, generator=GEN)
-    m.check()
+    m = stepped(kernel)
     for p in m.params:  # a new tensor object at a new address, as backward after set_to_none
         kept = p.grad
         p.grad = torch.randn(p.shape, generator=GEN) * 5
@@ -87,10 +93,7 @@ def test_statistics_follow_every_change_of_the_gradient_tensor(kernel: str) -> N
 
 @pytest.mark.parametrize("kernel", KERNELS)
 def test_statistics_follow_a_change_of_dtype_layout_or_kind(kernel: str) -> None:
-    m = Model(kernel)
-    for p in m.params:
-        p.grad = torch.randn(p.shape, generator=GEN)
-    m.check()
+    m = stepped(kernel)
     m.params[0].grad = torch.randn(33, 64, generator=GEN).t()  # not contiguous: read through a copy
     m.check()
     # Another dtype in the same column (handed in: .grad must keep its parameter's dtype).
@@ -106,10 +109,7 @@ def test_statistics_follow_a_change_of_dtype_layout_or_kind(kernel: str) -> None
 
 @pytest.mark.parametrize("kernel", KERNELS)
 def test_statistics_follow_masks_that_appear_and_change(kernel: str) -> None:
-    m = Model(kernel)
-    for p in m.params:
-        p.grad = torch.randn(p.shape, generator=GEN)
-    m.check()
+    m = stepped(kernel)
     mask = torch.rand(64, 33, generator=GEN) < 0.5
     m.set_mask(0, mask)
     row = m.check()
@@ -131,10 +131,7 @@ def test_statistics_follow_masks_that_appear_and_change(kernel: str) -> None:
 
 @pytest.mark.parametrize("kernel", KERNELS)
 def test_gradients_handed_in_replace_the_attributes(kernel: str) -> None:
-    m = Model(kernel)
-    for p in m.params:
-        p.grad = torch.randn(p.shape, generator=GEN)
-    m.check()
+    m = stepped(kernel)
     given: list[torch.Tensor | None] = [torch.randn(p.shape, generator=GEN) * 3 for p in m.params]
     given[1] = None
     m.check(given)

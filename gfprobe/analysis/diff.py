@@ -427,7 +427,7 @@ class DiffResult:
     only_new: list[tuple[str, Path]]
     unmatched_fail: bool  # runs in one folder only fail the gate (the ``unmatched`` rule)
     unreadable: list[Unreadable]
-    series: list[tuple[RunSeries, RunSeries]]  # each pair's layer norms, for ``diff --plot``
+    series: list[tuple[RunSeries, RunSeries]]  # each pair's layer norms, when the figure was asked for
 
     @property
     def passed(self) -> bool:
@@ -436,13 +436,17 @@ class DiffResult:
         return bool(self.pairs) and all(pair.passed for pair in self.pairs) and not unmatched and not self.unreadable
 
     def figure_pairs(self) -> list[tuple[str, RunSeries, RunSeries]]:
-        """(run id, BASE, NEW) layer norms of each pair compared, failing pairs first, for the figure."""
+        """(run id, BASE, NEW) layer norms of each pair compared, failing pairs first, for the figure
+        (none unless :func:`diff_runs` was asked for it)."""
+        if not self.series:
+            return []
         ordered = sorted(zip(self.pairs, self.series, strict=True), key=lambda ps: ps[0].passed)
         return [(pair.id, *series) for pair, series in ordered]
 
 
-def diff_runs(base: Path, new: Path, config: Config, stream_index: int = 0) -> DiffResult:
-    """Every pair compared; a file that cannot be read is listed, and its pair left out."""
+def diff_runs(base: Path, new: Path, config: Config, stream_index: int = 0, figure: bool = False) -> DiffResult:
+    """Every pair compared; a file that cannot be read is listed, and its pair left out. ``figure``:
+    also keep each pair's layer norms for :func:`~gfprobe.render.plots.plot_diff`."""
     pairing = pair_runs(base, new)
     if not pairing.pairs:  # a gate that compared nothing must not pass
         raise ConfigError(f"{base} and {new} have no run id in common ({len(pairing.only_base)} and "
@@ -455,7 +459,8 @@ def diff_runs(base: Path, new: Path, config: Config, stream_index: int = 0) -> D
         unreadable.extend(bad)
         if not bad:
             pairs.append(compare(sides[0], sides[1], config, run_id))
-            series.append((series_of(sides[0]), series_of(sides[1])))
+            if figure:
+                series.append((series_of(sides[0]), series_of(sides[1])))
     return DiffResult(pairs, pairing.only_base, pairing.only_new, bool(config[UNMATCHED_RULE]["enabled"]),
                       unreadable, series)
 

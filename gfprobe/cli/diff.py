@@ -40,7 +40,7 @@ def diff(base: Path, new: Path, config_path: Path | None, output_format: str, ju
             if option == "--plot":
                 plots.check_out(path, option)
             check_writable(path, option)
-    result = diff_runs(base, new, config, stream)
+    result = diff_runs(base, new, config, stream, figure=plot_out is not None)
     with listing(result.unreadable):
         _emit(result, output_format, junit)
         if plot_out is not None:

@@ -80,6 +80,6 @@ def _plot_diff(runs: tuple[Path, ...], out: Path) -> None:
     if len(runs) != 2:
         raise UserError(f"--kind diff draws two runs (or two folders) against each other: BASE NEW; got {len(runs)}")
     config, _ = load_config()
-    result = diff_runs(runs[0], runs[1], config)
+    result = diff_runs(runs[0], runs[1], config, figure=True)
     with listing(result.unreadable):
         say(f"wrote {plots.plot_diff(result.figure_pairs(), out, config['layers']['rtol'])}")
